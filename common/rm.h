@@ -1,0 +1,183 @@
+/* common/rm.h: header-only basics every ringmta module may use.
+ *
+ * Assertions, the span and buffer types, and a few helpers. Nothing here
+ * allocates, logs or blocks; any thread may use it on its own objects.
+ */
+#ifndef RM_H
+#define RM_H
+
+#include <assert.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RM_MUST_CHECK   __attribute__((warn_unused_result))
+#define RM_UNUSED       __attribute__((unused))
+#define RM_NORETURN     __attribute__((noreturn))
+#define RM_LIKELY(x)    __builtin_expect(!!(x), 1)
+#define RM_UNLIKELY(x)  __builtin_expect(!!(x), 0)
+#define RM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define RM_MIN(a, b)    ((a) < (b) ? (a) : (b))
+#define RM_MAX(a, b)    ((a) > (b) ? (a) : (b))
+#define RM_CACHELINE    64
+
+RM_NORETURN static inline void rm_assert_fail(const char *file, int line, const char *expr)
+{
+    /* Always on: a crash costs a restart, never mail, as nothing is
+     * acknowledged before its commit (STYLE.md "Assertions"). */
+    fprintf(stderr, "ringmta: assertion failed: %s:%d: %s\n", file, line, expr);
+    abort();
+}
+
+#define RM_ASSERT(e) (RM_LIKELY(e) ? (void)0 : rm_assert_fail(__FILE__, __LINE__, #e))
+#ifdef RM_DEBUG
+#define RM_ASSERT_DEBUG(e) RM_ASSERT(e)
+#else
+#define RM_ASSERT_DEBUG(e) ((void)0)
+#endif
+
+/* A borrowed byte range: never NUL-terminated in place; whose it is and
+ * until when is said where one is stored. */
+struct rm_span {
+    const uint8_t *p;
+    size_t len;
+};
+
+static inline struct rm_span rm_span_make(const void *p, size_t len)
+{
+    struct rm_span s = {(const uint8_t *)p, len};
+    return s;
+}
+
+static inline struct rm_span rm_span_str(const char *s)
+{
+    return rm_span_make(s, strlen(s));
+}
+
+static inline bool rm_span_eq(struct rm_span a, struct rm_span b)
+{
+    return a.len == b.len && (a.len == 0 || memcmp(a.p, b.p, a.len) == 0);
+}
+
+/* ASCII case-insensitive comparison of a span with a C string. */
+static inline bool rm_span_ieq(struct rm_span a, const char *lit)
+{
+    size_t n = strlen(lit);
+    if (a.len != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t x = a.p[i], y = (uint8_t)lit[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (uint8_t)(x + 32);
+        if (y >= 'A' && y <= 'Z')
+            y = (uint8_t)(y + 32);
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+/* A byte buffer in caller-owned memory that is never reallocated.
+ * Invariant: head <= tail <= cap. Bytes [head, tail) are pending: for an
+ * rx buffer, received and not yet consumed; for a tx buffer, queued and not
+ * yet sent. The owner of `data` is said where the buffer lives. */
+struct rm_buf {
+    uint8_t *data;
+    size_t cap;
+    size_t head;
+    size_t tail;
+};
+
+static inline bool rm_buf_valid(const struct rm_buf *b)
+{
+    return b->head <= b->tail && b->tail <= b->cap;
+}
+
+static inline void rm_buf_init(struct rm_buf *b, uint8_t *data, size_t cap)
+{
+    b->data = data;
+    b->cap = cap;
+    b->head = 0;
+    b->tail = 0;
+}
+
+static inline size_t rm_buf_len(const struct rm_buf *b)
+{
+    return b->tail - b->head;
+}
+
+/* Free space after tail (compact first to get all of it). */
+static inline size_t rm_buf_space(const struct rm_buf *b)
+{
+    return b->cap - b->tail;
+}
+
+static inline uint8_t *rm_buf_rptr(const struct rm_buf *b)
+{
+    return b->data + b->head;
+}
+
+static inline uint8_t *rm_buf_wptr(const struct rm_buf *b)
+{
+    return b->data + b->tail;
+}
+
+static inline void rm_buf_consume(struct rm_buf *b, size_t n)
+{
+    RM_ASSERT(n <= rm_buf_len(b));
+    b->head += n;
+    if (b->head == b->tail)
+        b->head = b->tail = 0;
+}
+
+static inline void rm_buf_produce(struct rm_buf *b, size_t n)
+{
+    RM_ASSERT(n <= rm_buf_space(b));
+    b->tail += n;
+}
+
+/* Moves pending bytes to the front so that all free space is after tail. */
+static inline void rm_buf_compact(struct rm_buf *b)
+{
+    if (b->head == 0)
+        return;
+    size_t n = rm_buf_len(b);
+    memmove(b->data, b->data + b->head, n);
+    b->head = 0;
+    b->tail = n;
+}
+
+/* Appends n bytes; returns false (and appends nothing) when they do not fit
+ * even after compaction. */
+static inline RM_MUST_CHECK bool rm_buf_append(struct rm_buf *b, const void *p, size_t n)
+{
+    if (rm_buf_space(b) < n)
+        rm_buf_compact(b);
+    if (rm_buf_space(b) < n)
+        return false;
+    memcpy(b->data + b->tail, p, n);
+    b->tail += n;
+    return true;
+}
+
+/* Monotonic-free helpers for big-endian integers (queue keys, wire formats). */
+static inline void rm_put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static inline uint64_t rm_get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+#endif /* RM_H */
