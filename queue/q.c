@@ -492,7 +492,7 @@ int q_read_env(struct q_read *r, const struct q_id *id, struct rm_span *out)
 }
 
 /* Walks sched in key order; bounded by the entry count of the snapshot. */
-static int q_scan_txn(struct q *q, MDB_txn *txn, q_sched_cb *cb, void *ctx)
+static int q_scan_txn(struct q *q, MDB_txn *txn, uint64_t from_due_ms, q_sched_cb *cb, void *ctx)
 {
     MDB_stat ms;
     int rc = mdb_stat(txn, q->dbi[Q_DB_SCHED], &ms);
@@ -502,9 +502,12 @@ static int q_scan_txn(struct q *q, MDB_txn *txn, q_sched_cb *cb, void *ctx)
     rc = mdb_cursor_open(txn, q->dbi[Q_DB_SCHED], &cur);
     if (rc != 0)
         return q_lmdb_err(rc);
-    MDB_val key;
+    uint8_t start[Q_SCHED_KEY_BYTES] = {0};
+    rm_put_be64(start, from_due_ms);
+    MDB_val key = {sizeof(start), start};
     MDB_val val;
-    MDB_cursor_op op = MDB_FIRST;
+    /* MDB_SET_RANGE: the first key >= (from_due_ms, id 0). */
+    MDB_cursor_op op = from_due_ms ? MDB_SET_RANGE : MDB_FIRST;
     for (size_t i = 0; i <= ms.ms_entries; i++, op = MDB_NEXT) {
         rc = mdb_cursor_get(cur, &key, &val, op);
         if (rc == MDB_NOTFOUND) {
@@ -533,6 +536,11 @@ out_cursor:
 
 int q_scan_sched(struct q *q, q_sched_cb *cb, void *ctx)
 {
+    return q_scan_sched_from(q, 0, cb, ctx);
+}
+
+int q_scan_sched_from(struct q *q, uint64_t from_due_ms, q_sched_cb *cb, void *ctx)
+{
     RM_ASSERT(q != NULL);
     RM_ASSERT(cb != NULL);
     if (!q->dbi_ok[Q_DB_SCHED])
@@ -541,7 +549,7 @@ int q_scan_sched(struct q *q, q_sched_cb *cb, void *ctx)
     int rc = q_read_begin(q, &r);
     if (rc != 0)
         return rc;
-    rc = q_scan_txn(q, r->txn, cb, ctx);
+    rc = q_scan_txn(q, r->txn, from_due_ms, cb, ctx);
     q_read_end(r);
     return rc;
 }

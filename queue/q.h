@@ -232,6 +232,9 @@ RM_MUST_CHECK int q_read_env(struct q_read *r, const struct q_id *id, struct rm_
  * a negative code. Opens its own read transaction. */
 typedef int q_sched_cb(void *ctx, const struct q_id *id, uint64_t due_ms);
 RM_MUST_CHECK int q_scan_sched(struct q *q, q_sched_cb *cb, void *ctx);
+/* The same, starting at the first entry due at or after from_due_ms: the
+ * scheduler loads only what is due soon, a window at a time. */
+RM_MUST_CHECK int q_scan_sched_from(struct q *q, uint64_t from_due_ms, q_sched_cb *cb, void *ctx);
 
 /* Counts of the env database (messages) and the map in use. */
 struct q_info {

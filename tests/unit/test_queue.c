@@ -989,6 +989,47 @@ static void scan_stops_when_callback_returns_nonzero(void **state)
     assert_int_equal(calls, 2);
 }
 
+struct due_list {
+    uint64_t due[16];
+    size_t n;
+};
+
+static int collect_due(void *ctx, const struct q_id *id, uint64_t due_ms)
+{
+    (void)id;
+    struct due_list *l = ctx;
+    assert_true(l->n < RM_ARRAY_LEN(l->due));
+    l->due[l->n++] = due_ms;
+    return 0;
+}
+
+static void scan_from_starts_at_the_first_entry_due_then(void **state)
+{
+    struct fx *f = *state;
+    fx_open(f, T_MAP_SIZE, 1);
+    fx_start(f);
+    const uint64_t due[] = {300, 100, 200, 200, 400};
+    for (uint32_t i = 0; i < RM_ARRAY_LEN(due); i++) {
+        struct tmsg m;
+        fx_msg(f, &m, due[i], i, 10);
+        assert_int_equal(run_store(f, &m), 0);
+    }
+    struct due_list l = {.n = 0};
+    assert_int_equal(q_scan_sched_from(f->q, 200, collect_due, &l), 0);
+    assert_int_equal(l.n, 4);
+    assert_int_equal(l.due[0], 200);
+    assert_int_equal(l.due[1], 200);
+    assert_int_equal(l.due[2], 300);
+    assert_int_equal(l.due[3], 400);
+    l.n = 0;
+    assert_int_equal(q_scan_sched_from(f->q, 201, collect_due, &l), 0);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.due[0], 300);
+    l.n = 0;
+    assert_int_equal(q_scan_sched_from(f->q, 401, collect_due, &l), 0);
+    assert_int_equal(l.n, 0);
+}
+
 /* Requests submitted before q_writer_start wait in the rings; the writer's first pass takes
  * them all into one txn, which makes the batch deterministic. */
 static void failing_request_does_not_fail_its_batch(void **state)
@@ -1410,6 +1451,7 @@ int main(void)
         T(delete_removes_msg_env_and_sched),
         T(reopen_finds_everything_in_due_order),
         T(scan_stops_when_callback_returns_nonzero),
+        T(scan_from_starts_at_the_first_entry_due_then),
         T(failing_request_does_not_fail_its_batch),
         T(submit_returns_eagain_with_ring_cap_in_flight),
         T(submit_after_stop_returns_stopped),
