@@ -133,6 +133,14 @@ static inline void rm_buf_consume(struct rm_buf *b, size_t n)
         b->head = b->tail = 0;
 }
 
+/* Like rm_buf_consume but never moves tail back to 0: for a buffer that an
+ * in-flight recv may still write at tail. */
+static inline void rm_buf_skip(struct rm_buf *b, size_t n)
+{
+    RM_ASSERT(n <= rm_buf_len(b));
+    b->head += n;
+}
+
 static inline void rm_buf_produce(struct rm_buf *b, size_t n)
 {
     RM_ASSERT(n <= rm_buf_space(b));
@@ -178,6 +186,34 @@ static inline uint64_t rm_get_be64(const uint8_t *p)
     for (int i = 0; i < 8; i++)
         v = (v << 8) | p[i];
     return v;
+}
+
+/* UTC calendar fields of unix seconds, computed without libc: glibc's
+ * gmtime_r takes its tzset lock, and workers never lock (STYLE.md).
+ * Days-from-civil inverse after Howard Hinnant's algorithm. */
+struct rm_utc {
+    int year, month, day; /* month 1..12, day 1..31 */
+    int hour, min, sec;
+    int wday; /* 0 = Sunday */
+};
+
+static inline void rm_utc_from_unix(uint64_t t, struct rm_utc *u)
+{
+    uint64_t days = t / 86400, rem = t % 86400;
+    u->hour = (int)(rem / 3600);
+    u->min = (int)(rem % 3600 / 60);
+    u->sec = (int)(rem % 60);
+    u->wday = (int)((days + 4) % 7); /* 1970-01-01 was a Thursday */
+    uint64_t z = days + 719468;      /* days since 0000-03-01 */
+    uint64_t era = z / 146097;
+    uint64_t doe = z - era * 146097;
+    uint64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    uint64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    uint64_t mp = (5 * doy + 2) / 153;
+    uint64_t m = mp < 10 ? mp + 3 : mp - 9;
+    u->day = (int)(doy - (153 * mp + 2) / 5 + 1);
+    u->month = (int)m;
+    u->year = (int)(yoe + era * 400 + (m <= 2));
 }
 
 #endif /* RM_H */

@@ -15,8 +15,12 @@
 /* The first error of a parse: inih reports its line number, we keep the text. */
 struct cfg_parse {
     struct cfg *c;
+    FILE *f;
+    unsigned line;      /* the line being parsed (counted by cfg_reader) */
+    unsigned fail_line; /* the first error's line */
     char msg[256];
     bool failed;
+    bool trusted_seen; /* trusted_networks given in the file: later lines append */
 };
 
 static void cfg_listener_default(struct cfg_listener *l, const char *name, const char *addr,
@@ -55,6 +59,16 @@ void cfg_defaults(struct cfg *c)
     c->idle_timeout_ms = CFG_IDLE_TIMEOUT_DEFAULT_MS;
     c->shutdown_grace_ms = CFG_SHUTDOWN_GRACE_DEFAULT_MS;
     c->body_memory = CFG_BODY_MEMORY_DEFAULT;
+    c->delivery_port = 25;
+    snprintf(c->retry, sizeof(c->retry), "1m 5m 15m 30m 1h 2h");
+    c->max_queue_lifetime_ms = CFG_LIFETIME_DEFAULT_MS;
+    c->dest_connections_max = CFG_DEST_CONNECTIONS_DEFAULT;
+    c->msgs_per_connection_max = CFG_MSGS_PER_CONN_DEFAULT;
+    c->connect_timeout_ms = CFG_CONNECT_TIMEOUT_DEFAULT_MS;
+    c->conn_idle_ms = CFG_CONN_IDLE_DEFAULT_MS;
+    c->outbound_max = CFG_OUTBOUND_DEFAULT;
+    c->inflight_max = CFG_INFLIGHT_DEFAULT;
+    c->dns_trust = CFG_DNS_TRUST_LOOPBACK;
     cfg_listener_default(&c->listeners[0], "submission", "127.0.0.1:587", CFG_TLS_STARTTLS);
     cfg_listener_default(&c->listeners[1], "submissions", "127.0.0.1:465", CFG_TLS_IMPLICIT);
     cfg_listener_default(&c->listeners[2], "alt", "127.0.0.1:2525", CFG_TLS_STARTTLS);
@@ -254,6 +268,7 @@ static int cfg_fail(struct cfg_parse *p, const char *fmt, ...)
         vsnprintf(p->msg, sizeof(p->msg), fmt, ap);
         va_end(ap);
         p->failed = true;
+        p->fail_line = p->line;
     }
     return 0;
 }
@@ -270,14 +285,15 @@ static int cfg_u32(struct cfg_parse *p, const char *sec, const char *name, const
 }
 
 static int cfg_ms(struct cfg_parse *p, const char *sec, const char *name, const char *v,
-                  uint64_t min_ms, uint64_t *out)
+                  uint64_t min_ms, uint64_t max_ms, uint64_t *out)
 {
     uint64_t x;
-    if (cfg_parse_duration(v, &x) != 0 || x < min_ms)
+    if (cfg_parse_duration(v, &x) != 0 || x < min_ms || x > max_ms)
         return cfg_fail(p,
-                        "[%s] %s: expected a duration like 300s, 5m, 1h or 250ms (at least %llu "
-                        "ms), got \"%s\"",
-                        sec, name, (unsigned long long)min_ms, v);
+                        "[%s] %s: expected a duration like 300s, 5m, 1h or 250ms (%llu ms to "
+                        "%llu s), got \"%s\"",
+                        sec, name, (unsigned long long)min_ms, (unsigned long long)max_ms / 1000,
+                        v);
     *out = x;
     return 1;
 }
@@ -380,7 +396,9 @@ static int cfg_server_key(struct cfg_parse *p, const char *name, const char *v)
         return 1;
     }
     if (strcmp(name, "trusted_networks") == 0) {
-        c->ntrusted = 0; /* the file's list replaces the default */
+        if (!p->trusted_seen) /* the file's list replaces the default; an indented */
+            c->ntrusted = 0;  /* continuation line comes as a second call: append */
+        p->trusted_seen = true;
         return cfg_list(p, v, cfg_add_net, NULL);
     }
     if (strcmp(name, "max_message_size") == 0) {
@@ -388,6 +406,7 @@ static int cfg_server_key(struct cfg_parse *p, const char *name, const char *v)
             return cfg_fail(
                 p, "[server] max_message_size: expected a size from 1k to 1G, got \"%s\"", v);
         c->message_size_max = x;
+        c->size_rule_line = p->line;
         return 1;
     }
     if (strcmp(name, "max_recipients") == 0)
@@ -404,14 +423,15 @@ static int cfg_server_key(struct cfg_parse *p, const char *name, const char *v)
     if (strcmp(name, "max_sessions_per_ip") == 0)
         return cfg_u32(p, S, name, v, 1, CFG_SESSIONS_MAX, &c->sessions_per_ip_max);
     if (strcmp(name, "idle_timeout") == 0)
-        return cfg_ms(p, S, name, v, 100, &c->idle_timeout_ms);
+        return cfg_ms(p, S, name, v, 100, 86400ull * 1000, &c->idle_timeout_ms);
     if (strcmp(name, "shutdown_grace") == 0)
-        return cfg_ms(p, S, name, v, 0, &c->shutdown_grace_ms);
+        return cfg_ms(p, S, name, v, 0, 3600ull * 1000, &c->shutdown_grace_ms);
     if (strcmp(name, "body_memory") == 0) {
         if (cfg_parse_size(v, &x) != 0 || x < (1u << 20) || x > (1ull << 40))
             return cfg_fail(p, "[server] body_memory: expected a size from 1M to 1T, got \"%s\"",
                             v);
         c->body_memory = x;
+        c->size_rule_line = p->line;
         return 1;
     }
     return cfg_fail(p, "[server] unknown key \"%s\"", name);
@@ -450,7 +470,7 @@ static struct cfg_listener *cfg_listener_get(struct cfg_parse *p, const char *na
     snprintf(l->name, sizeof(l->name), "%s", name);
     l->tls = CFG_TLS_NONE;
     l->auth = CFG_AUTH_REQUIRED;
-    l->line = 1;
+    l->line = p->line;
     return l;
 }
 
@@ -459,10 +479,8 @@ static int cfg_listen_key(struct cfg_parse *p, const char *lname, const char *na
     struct cfg_listener *l = cfg_listener_get(p, lname);
     if (!l)
         return 0;
-    if (strcmp(name, "address") == 0) {
-        l->naddrs = 0;
+    if (strcmp(name, "address") == 0) /* repeated or continued lines append */
         return cfg_list(p, v, cfg_add_addr, l);
-    }
     if (strcmp(name, "tls") == 0) {
         static const char *const tls[] = {"none", "starttls", "implicit"}; /* enum cfg_tls */
         int k = cfg_keyword(v, tls, RM_ARRAY_LEN(tls));
@@ -491,15 +509,154 @@ static int cfg_listen_key(struct cfg_parse *p, const char *lname, const char *na
     return cfg_fail(p, "[listen %s] unknown key \"%s\"", lname, name);
 }
 
+static int cfg_delivery_key(struct cfg_parse *p, const char *name, const char *v)
+{
+    struct cfg *c = p->c;
+    const char *S = "delivery";
+    uint32_t port = 0;
+    if (strcmp(name, "port") == 0) {
+        if (!cfg_u32(p, S, name, v, 1, 65535, &port))
+            return 0;
+        c->delivery_port = (uint16_t)port;
+        return 1;
+    }
+    if (strcmp(name, "retry") == 0) /* checked whole by retry_parse() at start-up */
+        return cfg_path(p, S, name, v, c->retry, sizeof(c->retry));
+    if (strcmp(name, "max_queue_lifetime") == 0)
+        return cfg_ms(p, S, name, v, 1000, 365 * 86400ull * 1000, &c->max_queue_lifetime_ms);
+    if (strcmp(name, "max_connections") == 0)
+        return cfg_u32(p, S, name, v, 1, 100000, &c->dest_connections_max);
+    if (strcmp(name, "max_messages_per_connection") == 0)
+        return cfg_u32(p, S, name, v, 1, 1000000, &c->msgs_per_connection_max);
+    if (strcmp(name, "connect_timeout") == 0)
+        return cfg_ms(p, S, name, v, 100, 3600ull * 1000, &c->connect_timeout_ms);
+    if (strcmp(name, "connection_idle") == 0)
+        return cfg_ms(p, S, name, v, 0, 3600ull * 1000, &c->conn_idle_ms);
+    if (strcmp(name, "max_outbound") == 0)
+        return cfg_u32(p, S, name, v, 1, CFG_SESSIONS_MAX, &c->outbound_max);
+    if (strcmp(name, "max_inflight") == 0)
+        return cfg_u32(p, S, name, v, 1, CFG_SESSIONS_MAX, &c->inflight_max);
+    if (strcmp(name, "tls") == 0)
+        return cfg_fail(p, "[delivery] tls: outbound TLS arrives with issue 5");
+    return cfg_fail(p, "[delivery] unknown key \"%s\"", name);
+}
+
+/* "host", "host:port", "[v6]:port" or "[v6]": the route of a [domain X]. */
+static int cfg_route(struct cfg_parse *p, struct cfg_domain *d, const char *v)
+{
+    const char *host = v, *port = NULL;
+    size_t hlen;
+    if (v[0] == '[') {
+        const char *close = strchr(v, ']');
+        if (!close || (close[1] != '\0' && close[1] != ':'))
+            return cfg_fail(p, "[domain %s] route: expected host[:port] or [ipv6]:port", d->name);
+        host = v + 1;
+        hlen = (size_t)(close - host);
+        port = close[1] == ':' ? close + 2 : NULL;
+    } else {
+        const char *colon = strchr(v, ':');
+        hlen = colon ? (size_t)(colon - v) : strlen(v);
+        port = colon ? colon + 1 : NULL;
+    }
+    if (hlen == 0 || hlen >= sizeof(d->route_host) || memchr(host, ' ', hlen))
+        return cfg_fail(p, "[domain %s] route: expected host[:port], got \"%s\"", d->name, v);
+    memcpy(d->route_host, host, hlen);
+    d->route_host[hlen] = '\0';
+    d->route_port = 0;
+    if (port) {
+        char *end;
+        unsigned long n = strtoul(port, &end, 10);
+        if (*port < '0' || *port > '9' || *end != '\0' || n == 0 || n > 65535)
+            return cfg_fail(p, "[domain %s] route: bad port in \"%s\"", d->name, v);
+        d->route_port = (uint16_t)n;
+    }
+    return 1;
+}
+
+static struct cfg_domain *cfg_domain_get(struct cfg_parse *p, const char *name)
+{
+    struct cfg *c = p->c;
+    char lower[256];
+    size_t n = strlen(name);
+    if (n && name[n - 1] == '.')
+        n--;
+    if (n == 0 || n >= sizeof(lower) || strpbrk(name, " \t\"\\@")) {
+        cfg_fail(p, "[domain NAME]: NAME must be a domain name");
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        lower[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
+    lower[n] = '\0';
+    for (unsigned i = 0; i < c->ndomains; i++)
+        if (strcmp(c->domains[i].name, lower) == 0)
+            return &c->domains[i];
+    if (c->ndomains >= CFG_DOMAINS_MAX) {
+        cfg_fail(p, "more than %d [domain] sections", CFG_DOMAINS_MAX);
+        return NULL;
+    }
+    struct cfg_domain *d = &c->domains[c->ndomains++];
+    memset(d, 0, sizeof(*d));
+    memcpy(d->name, lower, n + 1);
+    return d;
+}
+
+static int cfg_domain_key(struct cfg_parse *p, const char *dname, const char *name, const char *v)
+{
+    struct cfg_domain *d = cfg_domain_get(p, dname);
+    if (!d)
+        return 0;
+    if (strcmp(name, "route") == 0)
+        return cfg_route(p, d, v);
+    if (strcmp(name, "max_connections") == 0)
+        return cfg_u32(p, "domain", name, v, 1, 100000, &d->max_connections);
+    if (strcmp(name, "tls") == 0)
+        return cfg_fail(p, "[domain %s] tls: outbound TLS arrives with issue 5", d->name);
+    return cfg_fail(p, "[domain %s] unknown key \"%s\"", d->name, name);
+}
+
+static int cfg_dns_key(struct cfg_parse *p, const char *name, const char *v)
+{
+    struct cfg *c = p->c;
+    if (strcmp(name, "resolvers") == 0) /* checked by the resolver's parser at start-up */
+        return cfg_path(p, "dns", name, v, c->resolvers, sizeof(c->resolvers));
+    if (strcmp(name, "trusted") == 0) {
+        static const char *const trust[] = {"loopback", "all", "none"}; /* enum cfg_dns_trust */
+        int k = cfg_keyword(v, trust, RM_ARRAY_LEN(trust));
+        if (k < 0)
+            return cfg_fail(p, "[dns] trusted: expected loopback, all or none, got \"%s\"", v);
+        c->dns_trust = (enum cfg_dns_trust)k;
+        return 1;
+    }
+    return cfg_fail(p, "[dns] unknown key \"%s\"", name);
+}
+
+const struct cfg_domain *cfg_domain_find(const struct cfg *c, const char *domain, size_t len)
+{
+    if (len && domain[len - 1] == '.')
+        len--;
+    for (unsigned i = 0; i < c->ndomains; i++) {
+        const char *n = c->domains[i].name;
+        if (strlen(n) == len && strncasecmp(n, domain, len) == 0)
+            return &c->domains[i];
+    }
+    return NULL;
+}
+
 static int cfg_handler(void *user, const char *section, const char *name, const char *value)
 {
     struct cfg_parse *p = user;
     if (p->failed)
-        return 1; /* report only the first error; inih keeps its line */
+        return 1; /* report only the first error, at fail_line */
     if (strcmp(section, "server") == 0)
         return cfg_server_key(p, name, value);
     if (strncmp(section, "listen ", 7) == 0)
         return cfg_listen_key(p, section + 7, name, value);
+    if (strcmp(section, "delivery") == 0)
+        return cfg_delivery_key(p, name, value);
+    if (strncmp(section, "domain ", 7) == 0)
+        return cfg_domain_key(p, section + 7, name, value);
+    if (strcmp(section, "dns") == 0)
+        return cfg_dns_key(p, name, value);
     if (strcmp(section, "") == 0)
         return cfg_fail(p, "key \"%s\" outside any [section]", name);
     return cfg_fail(p, "unknown section [%s]", section);
@@ -520,17 +677,17 @@ int cfg_finish(struct cfg *c, char *err, size_t err_len)
     }
     for (unsigned i = 0; i < c->nlisteners; i++) {
         if (c->listeners[i].naddrs == 0) {
-            snprintf(err, err_len, "%s: [listen %s] needs an address", c->path,
-                     c->listeners[i].name);
+            snprintf(err, err_len, "%s:%u: [listen %s] needs an address", c->path,
+                     c->listeners[i].line, c->listeners[i].name);
             return -1;
         }
     }
     /* A message must fit the worker's body pool with room for others. */
     if (c->body_memory < 2 * c->message_size_max) {
         snprintf(err, err_len,
-                 "%s: [server] body_memory (%llu) must be at least twice "
+                 "%s:%u: [server] body_memory (%llu) must be at least twice "
                  "max_message_size (%llu)",
-                 c->path, (unsigned long long)c->body_memory,
+                 c->path, c->size_rule_line, (unsigned long long)c->body_memory,
                  (unsigned long long)c->message_size_max);
         return -1;
     }
@@ -539,22 +696,40 @@ int cfg_finish(struct cfg *c, char *err, size_t err_len)
     return 0;
 }
 
+/* inih's reader, counting lines so that errors name the line the handler is
+ * on (inih's own count is off for continuation lines and later errors). */
+static char *cfg_reader(char *str, int num, void *stream)
+{
+    struct cfg_parse *p = stream;
+    char *r = fgets(str, num, p->f);
+    if (r && (strchr(r, '\n') || feof(p->f)))
+        p->line++;
+    return r;
+}
+
 int cfg_load(struct cfg *c, const char *path, char *err, size_t err_len)
 {
     struct cfg_parse p = {.c = c};
     snprintf(c->path, sizeof(c->path), "%s", path);
-    int rc = ini_parse(path, cfg_handler, &p);
-    if (rc == -1) {
+    p.f = fopen(path, "r");
+    if (!p.f) {
         snprintf(err, err_len, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
+    /* The reader's line counter is the line of the line just read: the
+     * handler runs right after. */
+    int rc = ini_parse_stream(cfg_reader, &p, cfg_handler, &p);
+    fclose(p.f);
     if (rc == -2) {
         snprintf(err, err_len, "%s: out of memory while parsing", path);
         return -1;
     }
-    if (rc > 0) {
-        snprintf(err, err_len, "%s:%d: %s", path, rc,
-                 p.failed ? p.msg : "syntax error (expected [section] or key = value)");
+    if (rc > 0 && (!p.failed || (unsigned)rc < p.fail_line)) { /* a syntax error came first */
+        snprintf(err, err_len, "%s:%d: syntax error (expected [section] or key = value)", path, rc);
+        return -1;
+    }
+    if (p.failed) {
+        snprintf(err, err_len, "%s:%u: %s", path, p.fail_line, p.msg);
         return -1;
     }
     return cfg_finish(c, err, err_len);

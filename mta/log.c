@@ -192,13 +192,11 @@ void log_json_u64(struct log_json *j, uint64_t v)
 
 void log_json_time(struct log_json *j, uint64_t unix_ms)
 {
-    time_t t = (time_t)(unix_ms / 1000);
-    struct tm tm;
+    struct rm_utc u;
     char b[40];
-    gmtime_r(&t, &tm);
-    int n = snprintf(b, sizeof(b), "\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\"", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     (unsigned)(unix_ms % 1000));
+    rm_utc_from_unix(unix_ms / 1000, &u);
+    int n = snprintf(b, sizeof(b), "\"%04d-%02d-%02dT%02d:%02d:%02d.%03uZ\"", u.year, u.month,
+                     u.day, u.hour, u.min, u.sec, (unsigned)(unix_ms % 1000));
     log_json_raw(j, b, (size_t)n);
 }
 

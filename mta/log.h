@@ -17,8 +17,9 @@
 #include "../common/rm.h"
 
 #define LOG_BUF_BYTES (256u * 1024u) /* per worker and per sink, two of them */
-#define LOG_LINE_MAX  (64u * 1024u)  /* one delivery-log line; rcpt lists are cut to fit */
 #define LOG_WRITE_MAX 4096u /* one write: whole lines, <= PIPE_BUF so pipes keep lines whole */
+#define LOG_LINE_MAX  LOG_WRITE_MAX /* one line: longer ones would split on a pipe (rcpt lists
+                                       are cut to fit) */
 
 enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 

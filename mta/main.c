@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,7 +25,8 @@
 #include "qtool.h"
 #include "worker.h"
 
-#define RINGMTA_VERSION "0.1.0"
+#define RINGMTA_VERSION     "0.1.0"
+#define MAIN_EXIT_MARGIN_MS 15000u /* after shutdown_grace, before a forced exit */
 
 static void usage(FILE *f)
 {
@@ -135,6 +137,7 @@ static int signal_loop(struct worker **w, unsigned nw, struct worker_shared *sh)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     int phase = WORKER_RUN, rc = 0;
+    struct timespec drain_start = {0, 0};
     for (;;) {
         struct timespec ts = {0, 100 * 1000 * 1000};
         int sig = sigtimedwait(&set, NULL, &ts);
@@ -147,6 +150,7 @@ static int signal_loop(struct worker **w, unsigned nw, struct worker_shared *sh)
             log_diag(LOG_INFO, "main", "-", "signal %d: draining (grace %llu ms)", sig,
                      (unsigned long long)sh->cfg->shutdown_grace_ms);
             phase = WORKER_DRAIN;
+            clock_gettime(CLOCK_MONOTONIC, &drain_start);
         } else if (sig == SIGHUP) {
             log_diag(LOG_INFO, "main", "-",
                      "SIGHUP: nothing to reload yet (certificates and "
@@ -169,11 +173,64 @@ static int signal_loop(struct worker **w, unsigned nw, struct worker_shared *sh)
         }
         if (done == nw)
             return rc;
+        if (phase != WORKER_RUN && drain_start.tv_sec != 0) {
+            /* A worker stuck past the grace period (a log reader that never
+             * reads, say) must not keep the process alive: committed mail is
+             * on disk already. */
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            uint64_t ms = (uint64_t)(now.tv_sec - drain_start.tv_sec) * 1000;
+            if (ms > sh->cfg->shutdown_grace_ms + MAIN_EXIT_MARGIN_MS) {
+                log_diag(LOG_ERR, "main", "-",
+                         "workers did not stop %u s after the grace period: "
+                         "exiting now",
+                         MAIN_EXIT_MARGIN_MS / 1000);
+                _exit(1);
+            }
+        }
+    }
+}
+
+/* Sessions need an fd each: raise the soft limit to the hard one and fit
+ * max_sessions under it (a refused accept beats EMFILE at accept time). */
+static void fit_fd_limit(struct cfg *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    /* Listeners, log files, LMDB, eventfds, rings: a margin of 64 per worker. */
+    uint64_t reserve = 64 + 64ull * cfg->workers + worker_listen_count(cfg) * cfg->workers;
+    uint64_t room = rl.rlim_cur > reserve ? rl.rlim_cur - reserve : cfg->workers;
+    if (cfg->sessions_max > room) {
+        log_diag(LOG_WARN, "main", "-",
+                 "max_sessions %u exceeds the open-file limit %llu: using %llu", cfg->sessions_max,
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)room);
+        cfg->sessions_max = (uint32_t)RM_MAX(room, cfg->workers);
+    }
+}
+
+/* Lines written by several threads and rings to a regular file need
+ * O_APPEND, or concurrent writes at the shared offset overwrite each other. */
+static void append_if_file(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0)
+            fcntl(fd, F_SETFL, fl | O_APPEND);
     }
 }
 
 static int run_daemon(struct cfg *cfg)
 {
+    append_if_file(STDOUT_FILENO);
+    append_if_file(STDERR_FILENO);
+    fit_fd_limit(cfg);
     char err[512];
     int rc = mkdir_p(cfg->queue_dir);
     if (rc < 0) {

@@ -37,7 +37,9 @@ static int qtool_list_one(void *arg, const struct q_id *id, uint64_t due_ms)
     int rc = q_read_env(r, id, &raw);
     if (rc == 0)
         rc = q_env_decode(&e, raw.p, raw.len, c->rcpts, Q_RCPT_MAX);
-    if (rc != 0) {
+    if (rc == Q_ERR_NOT_FOUND) {
+        /* Delivered and deleted by the running daemon since the scan's snapshot. */
+    } else if (rc != 0) {
         fprintf(stderr, "ringmta: queue: %s: %s\n", ids, q_strerror(rc));
         c->rc = 1;
     } else {

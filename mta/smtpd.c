@@ -409,17 +409,13 @@ static void smtpd_date(uint64_t now_ms, char *out, size_t cap)
     static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    time_t t = (time_t)(now_ms / 1000);
-    struct tm tm;
-    if (gmtime_r(&t, &tm) == NULL || tm.tm_year > 9999 - 1900) {
-        memset(&tm, 0, sizeof(tm)); /* a clock that far off: say 1970, not garbage */
-        tm.tm_mday = 1;
-        tm.tm_year = 70;
-        tm.tm_wday = 4;
+    struct rm_utc u;
+    rm_utc_from_unix(now_ms / 1000, &u); /* not gmtime_r: it takes a lock */
+    if (u.year > 9999) {
+        rm_utc_from_unix(0, &u); /* a clock that far off: say 1970, not garbage */
     }
-    int n = snprintf(out, cap, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday % 7],
-                     tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec);
+    int n = snprintf(out, cap, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[u.wday % 7], u.day,
+                     months[(u.month - 1) % 12], u.year, u.hour, u.min, u.sec);
     RM_ASSERT(n > 0 && (size_t)n < cap);
 }
 

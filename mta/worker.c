@@ -32,8 +32,9 @@ enum ud_kind {
     UD_TICK,
     UD_QEVENT,
     UD_WAKE,
-    UD_LOG,    /* index: 0 delivery log, 1 diagnostics */
-    UD_IGNORE, /* refusals of connections without a slot */
+    UD_LOG,     /* index: 0 delivery log, 1 diagnostics */
+    UD_IGNORE,  /* completions nobody waits for (cancels) */
+    UD_REFUSED, /* index: the fd of a refused connection, closed on completion */
 };
 
 #define UD_IDX_MAX ((1u << 24) - 1)
@@ -49,7 +50,7 @@ struct slot {
     struct q_req qreq; /* lent to the queue writer while storing */
     struct rm_buf rx;  /* data: this slot's part of the worker region */
     struct rm_buf tx;
-    uint64_t last_rx_ms; /* unix ms of the last received bytes */
+    uint64_t last_rx_ms; /* monotonic ms of the last received bytes */
     uint64_t closing_since_ms;
     uint64_t store_t0_ns; /* monotonic ns when the store was submitted */
     uint64_t conn_id;
@@ -62,7 +63,9 @@ struct slot {
     bool used;
     bool recv_on, send_on, close_on, cancel_on;
     bool closing;    /* no more input; send tx, then close */
-    bool peer_gone;  /* the peer closed or failed: drop tx */
+    bool peer_gone;  /* the connection failed: drop tx */
+    bool rx_eof;     /* the peer half-closed: answer what it sent, then close */
+    size_t recv_off; /* rx.tail when the pending recv was submitted */
     bool storing;    /* qreq is with the writer */
     bool store_wait; /* qreq waits for ring space (on w->wait list) */
     uint32_t wait_next;
@@ -73,6 +76,7 @@ struct listen_sock {
     int fd;
     uint16_t listener; /* index into cfg->listeners */
     bool armed;
+    bool rearm; /* re-arm at the next tick (after an accept error) */
 };
 
 struct worker {
@@ -103,9 +107,14 @@ struct worker {
     struct worker_iptab *iptab;
     struct worker_recovered *rec;
     size_t nrec;
-    uint64_t now_ms, now_ns, conn_seq;
+    uint64_t now_ms;  /* unix ms: ids, Received:, logs */
+    uint64_t mono_ms; /* CLOCK_MONOTONIC ms: every timeout (a clock step must not fire them) */
+    uint64_t now_ns;  /* CLOCK_MONOTONIC ns: latencies */
+    uint64_t conn_seq;
     uint64_t drain_deadline_ms;
     bool draining;
+    bool fatal; /* stop the loop: the worker cannot go on */
+    bool accept_err_logged;
     char line[LOG_LINE_MAX];
 };
 
@@ -126,6 +135,7 @@ static void clock_update(struct worker *w)
     w->now_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     w->now_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    w->mono_ms = w->now_ns / 1000000;
 }
 
 static struct io_uring_sqe *sqe_get(struct worker *w)
@@ -231,9 +241,14 @@ static uint64_t slot_ud(struct worker *w, struct slot *s, enum ud_kind k)
 
 static void slot_recv(struct worker *w, struct slot *s)
 {
-    if (s->recv_on || s->closing || s->peer_gone)
+    if (s->recv_on || s->closing || s->peer_gone || s->rx_eof)
         return;
-    if (rm_buf_space(&s->rx) == 0)
+    /* Only here, with no recv pending, may rx's bytes move: a pending recv
+     * writes at the tail it was given (the session consumes with
+     * rm_buf_skip, which never moves the tail). */
+    if (rm_buf_len(&s->rx) == 0)
+        s->rx.head = s->rx.tail = 0;
+    else if (rm_buf_space(&s->rx) < s->rx.cap / 4)
         rm_buf_compact(&s->rx);
     if (rm_buf_space(&s->rx) == 0)
         return; /* the session will consume; recv is re-armed after */
@@ -241,6 +256,7 @@ static void slot_recv(struct worker *w, struct slot *s)
     io_uring_prep_recv(sqe, s->fd, rm_buf_wptr(&s->rx), rm_buf_space(&s->rx), 0);
     io_uring_sqe_set_data64(sqe, slot_ud(w, s, UD_RECV));
     s->recv_on = true;
+    s->recv_off = s->rx.tail;
     s->ops++;
 }
 
@@ -260,7 +276,9 @@ static void slot_free(struct worker *w, struct slot *s)
     uint32_t i = (uint32_t)(s - w->slots);
     RM_ASSERT(s->used && s->ops == 0 && !s->storing && !s->store_wait);
     const struct smtpd_stats *ss = &s->sess.stats;
-    if (ss->errors > 0) /* logged once per session, not once per bad line */
+    /* Logged once per session, not once per bad line; a session whose only
+     * error is our own 421 (timeout, per-IP limit, shutdown) is only counted. */
+    if (ss->errors > (ss->last_error.code == 421 ? 1u : 0u))
         log_buf_diag(&w->diag, LOG_INFO, "smtpd", "-",
                      "session end conn=%llu client=%s messages=%u errors=%u last_error=%u_%u.%u.%u",
                      (unsigned long long)s->conn_id, s->peer, ss->messages, ss->errors,
@@ -421,14 +439,14 @@ static void slot_pump(struct worker *w, struct slot *s)
             break;
         enum smtpd_ev ev = SMTPD_EV_NONE;
         size_t n = smtpd_feed(&s->sess, rm_buf_rptr(&s->rx), rm_buf_len(&s->rx), w->now_ms, &ev);
-        rm_buf_consume(&s->rx, n);
+        rm_buf_skip(&s->rx, n); /* a recv may be pending at rx.tail: see slot_recv */
         if (ev == SMTPD_EV_STORE) {
             store_submit(w, s);
             continue; /* a failed submission answered at once: go on */
         }
         if (ev == SMTPD_EV_CLOSE) {
             s->closing = true;
-            s->closing_since_ms = w->now_ms;
+            s->closing_since_ms = w->mono_ms;
             break;
         }
         if (n == 0)
@@ -436,11 +454,13 @@ static void slot_pump(struct worker *w, struct slot *s)
     }
     if (!s->closing && smtpd_closing(&s->sess)) {
         s->closing = true;
-        s->closing_since_ms = w->now_ms;
+        s->closing_since_ms = w->mono_ms;
     }
-    if (s->peer_gone && !s->closing) {
+    /* Gone, or half-closed with everything it sent answered: close (after
+     * sending what is queued, when the peer can still read it). */
+    if (!s->closing && (s->peer_gone || (s->rx_eof && !s->storing && !s->store_wait))) {
         s->closing = true;
-        s->closing_since_ms = w->now_ms;
+        s->closing_since_ms = w->mono_ms;
     }
     slot_send(w, s);
     slot_recv(w, s);
@@ -482,14 +502,13 @@ static uint32_t ip_sessions(const struct worker *w, uint32_t b)
 
 static void refuse_unslotted(struct worker *w, int fd)
 {
+    /* No slot: one send of a static 421; its completion closes the fd,
+     * whatever the send's result (a linked close would be cancelled by a
+     * failed send and leak the fd). */
     static const char msg[] = "421 4.7.0 Error: too many sessions, try again later\r\n";
     struct io_uring_sqe *sqe = sqe_get(w);
-    io_uring_prep_send(sqe, fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL);
-    sqe->flags |= IOSQE_IO_LINK;
-    io_uring_sqe_set_data64(sqe, ud_make(UD_IGNORE, 0, 0));
-    sqe = sqe_get(w);
-    io_uring_prep_close(sqe, fd);
-    io_uring_sqe_set_data64(sqe, ud_make(UD_IGNORE, 0, 0));
+    io_uring_prep_send(sqe, fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    io_uring_sqe_set_data64(sqe, ud_make(UD_REFUSED, (uint32_t)fd, 0));
     stat_add(&w->st->refused, 1);
 }
 
@@ -498,17 +517,31 @@ static void on_accept(struct worker *w, uint32_t li, int res, uint32_t flags)
     RM_ASSERT(li < w->nls);
     if (!(flags & IORING_CQE_F_MORE)) {
         w->ls[li].armed = false;
-        if (!w->draining) {
-            accept_arm(w, li);
-        } else if (w->ls[li].fd >= 0) {
+        if (w->draining) {
             /* Close now, so new clients are refused by the kernel instead of
              * waiting in a backlog nobody accepts from. */
-            close(w->ls[li].fd);
+            if (w->ls[li].fd >= 0)
+                close(w->ls[li].fd);
             w->ls[li].fd = -1;
+        } else if (res == -EINVAL) {
+            /* Multishot accept needs Linux 5.19. */
+            log_buf_diag(&w->diag, LOG_ERR, "worker", "-",
+                         "multishot accept is not supported by this kernel (5.19+ needed)");
+            w->fatal = true;
+        } else if (res < 0) {
+            /* EMFILE, ENFILE, ENOBUFS...: re-arm from the next tick, not at
+             * once, or the loop spins on the same error. Logged once. */
+            if (!w->accept_err_logged)
+                log_buf_diag(&w->diag, LOG_WARN, "worker", "-", "accept: %s (retrying each tick)",
+                             strerror(-res));
+            w->accept_err_logged = true;
+            w->ls[li].rearm = true;
+        } else {
+            accept_arm(w, li);
         }
     }
     if (res < 0)
-        return; /* -ECANCELED at drain; transient errors (EMFILE...) re-arm above */
+        return;
     int fd = res;
     stat_add(&w->st->accepted, 1);
     if (w->draining || w->free_head == SLOT_NONE) {
@@ -533,7 +566,7 @@ static void on_accept(struct worker *w, uint32_t li, int res, uint32_t flags)
     s->fd = fd;
     s->listener = w->ls[li].listener;
     s->conn_id = ++w->conn_seq * 256 + w->idx;
-    s->last_rx_ms = w->now_ms;
+    s->last_rx_ms = w->mono_ms;
     s->ip_bucket = ip_bucket(w, &ss);
     const void *a = ss.ss_family == AF_INET
                         ? (const void *)&((struct sockaddr_in *)(void *)&ss)->sin_addr
@@ -585,11 +618,14 @@ static struct slot *slot_of(struct worker *w, uint64_t ud)
 static void on_recv(struct worker *w, struct slot *s, int res)
 {
     s->recv_on = false;
+    RM_ASSERT(s->rx.tail == s->recv_off); /* nothing moved rx under the recv */
     if (res > 0) {
         rm_buf_produce(&s->rx, (size_t)res);
-        s->last_rx_ms = w->now_ms;
-    } else if (res == 0 || (res != -ECANCELED && res != -EINTR && res != -EAGAIN)) {
-        s->peer_gone = true; /* EOF or a socket error: nothing more can be said */
+        s->last_rx_ms = w->mono_ms;
+    } else if (res == 0) {
+        s->rx_eof = true; /* half-close: still answer what was sent (e.g. nc -N) */
+    } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
+        s->peer_gone = true; /* a socket error: nothing more can be said */
     }
     slot_pump(w, s);
 }
@@ -624,16 +660,22 @@ static void slot_force_close(struct slot *s)
 static void on_tick(struct worker *w)
 {
     const struct cfg *cfg = w->sh->cfg;
-    bool grace_over = w->draining && w->now_ms >= w->drain_deadline_ms;
+    bool grace_over = w->draining && w->mono_ms >= w->drain_deadline_ms;
+    for (unsigned i = 0; i < w->nls; i++) {
+        if (w->ls[i].rearm && !w->draining && w->ls[i].fd >= 0) {
+            w->ls[i].rearm = false;
+            accept_arm(w, i);
+        }
+    }
     for (uint32_t i = 0; i < w->nslots; i++) {
         struct slot *s = &w->slots[i];
         if (!s->used || s->close_on)
             continue;
         if (s->closing) {
-            if (w->now_ms - s->closing_since_ms > WORKER_CLOSE_FORCE_MS || grace_over)
+            if (w->mono_ms - s->closing_since_ms > WORKER_CLOSE_FORCE_MS || grace_over)
                 slot_force_close(s);
         } else if (!s->storing && !s->store_wait &&
-                   (w->now_ms - s->last_rx_ms >= cfg->idle_timeout_ms || grace_over)) {
+                   (w->mono_ms - s->last_rx_ms >= cfg->idle_timeout_ms || grace_over)) {
             smtpd_close_with(&s->sess, grace_over ? &reply_shutdown : &reply_timeout);
         }
         slot_pump(w, s);
@@ -689,7 +731,7 @@ static void wake_arm(struct worker *w)
 static void drain_begin(struct worker *w)
 {
     w->draining = true;
-    w->drain_deadline_ms = w->now_ms + w->sh->cfg->shutdown_grace_ms;
+    w->drain_deadline_ms = w->mono_ms + w->sh->cfg->shutdown_grace_ms;
     for (unsigned i = 0; i < w->nls; i++) { /* stop accepting */
         struct io_uring_sqe *sqe = sqe_get(w);
         io_uring_prep_cancel64(sqe, ud_make(UD_ACCEPT, i, 0), 0);
@@ -710,7 +752,7 @@ static void on_wake(struct worker *w)
     if (phase >= WORKER_DRAIN && !w->draining)
         drain_begin(w);
     if (phase >= WORKER_FORCE)
-        w->drain_deadline_ms = w->now_ms; /* the next tick closes everything */
+        w->drain_deadline_ms = w->mono_ms; /* the next tick closes everything */
     wake_arm(w);
 }
 
@@ -763,6 +805,9 @@ static void on_cqe(struct worker *w, const struct io_uring_cqe *cqe)
     case UD_LOG:
         log_buf_written(((ud >> 32) & 1) ? &w->diag : &w->dlog, cqe->res);
         break;
+    case UD_REFUSED:
+        close((int)((ud >> 32) & UD_IDX_MAX)); /* close(2) of a socket does not block */
+        break;
     case UD_IGNORE:
         break;
     }
@@ -785,10 +830,17 @@ static int ring_setup(struct worker *w)
     memset(&p, 0, sizeof(p));
     /* One thread submits and reaps: let the kernel skip cross-thread work. */
     p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    /* The CQ holds every completion that can be pending at once (a slot has
+     * at most recv, send and cancel or close in flight, plus the loop's own
+     * few), so it never overflows and submission never fails for it. */
+    uint64_t cq = 4ull * w->nslots + 4ull * w->nls + 64;
+    p.cq_entries = (uint32_t)RM_MIN(cq, WORKER_CQ_MAX);
+    p.flags |= IORING_SETUP_CQSIZE;
     int rc = io_uring_queue_init_params(WORKER_RING_ENTRIES, &w->ring, &p);
     if (rc == -EINVAL) { /* kernels before 6.1 */
         memset(&p, 0, sizeof(p));
-        p.flags = IORING_SETUP_COOP_TASKRUN;
+        p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE;
+        p.cq_entries = (uint32_t)RM_MIN(cq, WORKER_CQ_MAX);
         rc = io_uring_queue_init_params(WORKER_RING_ENTRIES, &w->ring, &p);
     }
     if (rc == -EINVAL) {
@@ -824,7 +876,7 @@ static void *worker_main(void *arg)
         log_buf_diag(&w->diag, LOG_INFO, "worker", "-", "worker=%u recovered=%zu", w->idx, w->nrec);
     if (atomic_load_explicit(&w->sh->stop_phase, memory_order_acquire) != WORKER_RUN)
         drain_begin(w); /* a signal before we started */
-    while (!worker_finished(w)) {
+    while (!worker_finished(w) && !w->fatal) {
         log_flush(w, &w->dlog, 0);
         log_flush(w, &w->diag, 1);
         int rc = io_uring_submit_and_wait(&w->ring, 1);
@@ -880,6 +932,7 @@ int worker_new(struct worker **out, struct worker_shared *sh, unsigned idx, cons
         goto fail;
     }
     w->nslots = (cfg->sessions_max + sh->nworkers - 1) / sh->nworkers;
+    w->nslots = RM_MIN(w->nslots, WORKER_SLOTS_MAX); /* the CQ bound: see ring_setup */
     w->slots = calloc(w->nslots, sizeof(*w->slots));
     w->scfg = calloc(cfg->nlisteners, sizeof(*w->scfg));
     w->ls = calloc(nfds, sizeof(*w->ls));

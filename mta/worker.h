@@ -29,6 +29,8 @@
 #define WORKER_RX_BYTES       16384u /* >= SMTPD_COMMAND_LINE_MAX_MAX + room to pipeline */
 #define WORKER_TX_BYTES       8192u  /* >= 2 * SMTPD_TX_RESERVE */
 #define WORKER_RING_ENTRIES   4096u
+#define WORKER_CQ_MAX         65536u /* the kernel's limit (IORING_MAX_CQ_ENTRIES) */
+#define WORKER_SLOTS_MAX      16000u /* per worker: 4 CQEs each must fit WORKER_CQ_MAX */
 #define WORKER_TICK_MS        250u   /* timer resolution for idle timeouts and grace */
 #define WORKER_CLOSE_FORCE_MS 10000u /* a closing peer that does not read is cut off */
 #define WORKER_IPTAB_BUCKETS  4096u  /* per-IP session counters, by keyed hash */

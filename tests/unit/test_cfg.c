@@ -159,6 +159,57 @@ static void errors_report_the_line(void **state)
     assert_non_null(strstr(err, "[listen a] needs an address"));
 }
 
+static void continued_lines_append_to_lists(void **state)
+{
+    (void)state;
+    static struct cfg c;
+    char err[256];
+    assert_int_equal(load_text(&c,
+                               "[server]\ntrusted_networks = 10.0.0.0/8,\n  192.168.0.0/16\n"
+                               "[listen a]\naddress = 127.0.0.1:2600\naddress = 127.0.0.1:2601\n",
+                               err, sizeof(err)),
+                     0);
+    assert_int_equal(c.ntrusted, 2); /* the file's list replaced the default, then appended */
+    assert_int_equal(c.listeners[0].naddrs, 2);
+}
+
+static void errors_name_the_right_line(void **state)
+{
+    (void)state;
+    static struct cfg c;
+    char err[256];
+    /* a syntax error on line 2 comes before a bad value on line 4 */
+    assert_int_equal(
+        load_text(&c, "[server]\nnot a key value line\n\nworkers = 0\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, ":2: syntax error"));
+    /* a bad value after a continuation line */
+    assert_int_equal(load_text(&c, "[server]\ntrusted_networks = 10.0.0.0/8,\n  ::1\nworkers = 0\n",
+                               err, sizeof(err)),
+                     -1);
+    assert_non_null(strstr(err, ":4: [server] workers"));
+    /* cross-key rules name the line that broke them */
+    assert_int_equal(
+        load_text(&c, "[server]\nworkers = 1\n[listen a]\ntls = none\n", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, ":4: [listen a] needs an address"));
+    assert_int_equal(
+        load_text(&c, "[server]\nmax_message_size = 600M\nbody_memory = 1G\n", err, sizeof(err)),
+        -1);
+    assert_non_null(strstr(err, ":3: [server] body_memory"));
+}
+
+static void durations_have_an_upper_bound(void **state)
+{
+    (void)state;
+    static struct cfg c;
+    char err[256];
+    assert_int_equal(load_text(&c, "[server]\nshutdown_grace = 213503982334d\n", err, sizeof(err)),
+                     -1);
+    assert_non_null(strstr(err, ":2: [server] shutdown_grace"));
+    assert_int_equal(load_text(&c, "[server]\nidle_timeout = 2d\n", err, sizeof(err)), -1);
+    assert_int_equal(
+        load_text(&c, "[server]\nshutdown_grace = 1h\nidle_timeout = 1d\n", err, sizeof(err)), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -169,6 +220,9 @@ int main(void)
         cmocka_unit_test(defaults_listen_on_three_ports_of_loopback),
         cmocka_unit_test(file_listeners_replace_defaults),
         cmocka_unit_test(errors_report_the_line),
+        cmocka_unit_test(continued_lines_append_to_lists),
+        cmocka_unit_test(errors_name_the_right_line),
+        cmocka_unit_test(durations_have_an_upper_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
