@@ -17,33 +17,10 @@
 #include <unistd.h>
 
 #include "../common/rm_pool.h"
+#include "deliver.h"
 #include "log.h"
 #include "smtpd.h"
-
-/* user_data: kind (8 bits) | index (24 bits) | generation (32 bits). A slot is
- * reused only when nothing in flight refers to it, so a CQE's generation
- * always matches; it is asserted. */
-enum ud_kind {
-    UD_ACCEPT = 1, /* index: listening socket */
-    UD_RECV,
-    UD_SEND,
-    UD_CLOSE,
-    UD_CANCEL,
-    UD_TICK,
-    UD_QEVENT,
-    UD_WAKE,
-    UD_LOG,     /* index: 0 delivery log, 1 diagnostics */
-    UD_IGNORE,  /* completions nobody waits for (cancels) */
-    UD_REFUSED, /* index: the fd of a refused connection, closed on completion */
-};
-
-#define UD_IDX_MAX ((1u << 24) - 1)
-
-static uint64_t ud_make(enum ud_kind k, uint32_t idx, uint32_t gen)
-{
-    RM_ASSERT(idx <= UD_IDX_MAX);
-    return (uint64_t)k << 56 | (uint64_t)idx << 32 | gen;
-}
+#include "uring.h"
 
 struct slot {
     struct smtpd sess; /* the SMTP session; uses rx/tx/arena below */
@@ -105,6 +82,7 @@ struct worker {
     struct log_buf dlog, diag;
     struct worker_stats *st;
     struct worker_iptab *iptab;
+    struct deliver *dl; /* the delivery engine: outbound connections, DNS */
     struct worker_recovered *rec;
     size_t nrec;
     uint64_t now_ms;  /* unix ms: ids, Received:, logs */
@@ -140,14 +118,7 @@ static void clock_update(struct worker *w)
 
 static struct io_uring_sqe *sqe_get(struct worker *w)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
-    if (!sqe) { /* SQ full: submit what is queued (never waits) and retry */
-        int rc = io_uring_submit(&w->ring);
-        RM_ASSERT(rc >= 0 || rc == -EBUSY || rc == -EAGAIN);
-        sqe = io_uring_get_sqe(&w->ring);
-    }
-    RM_ASSERT(sqe != NULL);
-    return sqe;
+    return uring_sqe(&w->ring);
 }
 
 /* ---- listening sockets ----------------------------------------------------- */
@@ -180,7 +151,9 @@ static int listen_one(const struct cfg_addr *a, bool reuseport, char *err, size_
     if (bind(fd, (const struct sockaddr *)&a->ss, a->len) != 0 || listen(fd, 4096) != 0) {
         snprintf(err, err_len, "cannot listen on %s: %s%s", a->text, strerror(errno),
                  errno == EACCES ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" : "");
+        int e = errno;
         close(fd);
+        errno = e; /* the caller retries on EADDRINUSE */
         return -1;
     }
     return fd;
@@ -200,6 +173,14 @@ int worker_listen_open(const struct cfg *cfg, unsigned nworkers, int *fds, size_
              * with SO_REUSEPORT (a second ringmta) would otherwise silently
              * share it with us. */
             int probe = listen_one(addr, false, err, err_len);
+            /* After a crash the kernel tears down the dead process's io_uring
+             * asynchronously, and its listening sockets stay bound a moment
+             * after it is reaped: a restart waits up to 2 s for them. */
+            for (int tries = 0; probe < 0 && errno == EADDRINUSE && tries < 40; tries++) {
+                struct timespec ts = {0, 50 * 1000 * 1000};
+                nanosleep(&ts, NULL); /* main thread, at start-up */
+                probe = listen_one(addr, false, err, err_len);
+            }
             if (probe < 0)
                 goto fail;
             close(probe);
@@ -307,7 +288,7 @@ static void store_submit(struct worker *w, struct slot *s)
     s->qreq.op = Q_OP_STORE;
     s->qreq.env = env;
     s->qreq.body = body;
-    s->qreq.tag = slot_ud(w, s, UD_IGNORE);
+    s->qreq.tag = slot_ud(w, s, UD_TAG_SESSION);
     s->qreq.status = 0;
     s->store_t0_ns = w->now_ns;
     int rc = q_submit(w->sh->q, w->idx, &s->qreq);
@@ -390,6 +371,7 @@ static void store_done(struct worker *w, struct q_req *r)
         stat_add(&w->st->messages, 1);
         stat_add(&w->st->message_bytes, (int64_t)r->env->size);
         log_reception(w, s);
+        deliver_received(w->dl, &r->id, r->env->next_attempt_ms);
     } else {
         stat_add(&w->st->store_failed, 1);
         char id[Q_ID_STR_LEN + 1];
@@ -680,6 +662,9 @@ static void on_tick(struct worker *w)
         }
         slot_pump(w, s);
     }
+    if (grace_over)
+        deliver_force(w->dl);
+    deliver_tick(w->dl);
     tick_arm(w);
 }
 
@@ -696,8 +681,12 @@ static void on_qevent(struct worker *w)
     qevent_arm(w);
     for (unsigned guard = 0; guard < 1024; guard++) {
         size_t n = q_reap(w->sh->q, w->idx, done, RM_ARRAY_LEN(done));
-        for (size_t i = 0; i < n; i++)
-            store_done(w, done[i]);
+        for (size_t i = 0; i < n; i++) {
+            if (ud_kind(done[i]->tag) == UD_TAG_DELIVER)
+                deliver_req_done(w->dl, done[i]);
+            else
+                store_done(w, done[i]);
+        }
         if (n < RM_ARRAY_LEN(done))
             break;
     }
@@ -732,6 +721,7 @@ static void drain_begin(struct worker *w)
 {
     w->draining = true;
     w->drain_deadline_ms = w->mono_ms + w->sh->cfg->shutdown_grace_ms;
+    deliver_drain(w->dl);
     for (unsigned i = 0; i < w->nls; i++) { /* stop accepting */
         struct io_uring_sqe *sqe = sqe_get(w);
         io_uring_prep_cancel64(sqe, ud_make(UD_ACCEPT, i, 0), 0);
@@ -810,12 +800,23 @@ static void on_cqe(struct worker *w, const struct io_uring_cqe *cqe)
         break;
     case UD_IGNORE:
         break;
+    case UD_OUT_CONNECT:
+    case UD_OUT_RECV:
+    case UD_OUT_SEND:
+    case UD_OUT_CLOSE:
+    case UD_OUT_TIMEOUT:
+    case UD_DNS_RECV:
+    case UD_DNS_SEND:
+        deliver_cqe(w->dl, ud, cqe->res, cqe->flags);
+        break;
+    case UD_KIND_MAX:
+        RM_ASSERT(!"bad user_data kind");
     }
 }
 
 static bool worker_finished(const struct worker *w)
 {
-    if (!w->draining || w->used > 0)
+    if (!w->draining || w->used > 0 || !deliver_idle(w->dl))
         return false;
     for (unsigned i = 0; i < w->nls; i++)
         if (w->ls[i].armed)
@@ -872,6 +873,8 @@ static void *worker_main(void *arg)
     qevent_arm(w);
     wake_arm(w);
     tick_arm(w);
+    if (deliver_start(w->dl) != 0)
+        w->fatal = true;
     if (w->nrec > 0)
         log_buf_diag(&w->diag, LOG_INFO, "worker", "-", "worker=%u recovered=%zu", w->idx, w->nrec);
     if (atomic_load_explicit(&w->sh->stop_phase, memory_order_acquire) != WORKER_RUN)
@@ -984,6 +987,23 @@ int worker_new(struct worker **out, struct worker_shared *sh, unsigned idx, cons
         rc = log_buf_init(&w->diag, STDERR_FILENO);
     if (rc < 0)
         goto fail;
+    struct deliver_ctx dc = {.ring = &w->ring,
+                             .cfg = cfg,
+                             .q = sh->q,
+                             .worker = idx,
+                             .nworkers = sh->nworkers,
+                             .pool = &w->pool,
+                             .idgen = &w->idgen,
+                             .dlog = &w->dlog,
+                             .diag = &w->diag,
+                             .now_ms = &w->now_ms,
+                             .mono_ms = &w->mono_ms};
+    char derr[256];
+    rc = deliver_new(&w->dl, &dc, derr, sizeof(derr));
+    if (rc < 0) {
+        log_diag(LOG_ERR, "worker", "-", "%s", derr);
+        goto fail;
+    }
     *out = w;
     return 0;
 fail:
@@ -1037,6 +1057,7 @@ void worker_free(struct worker *w)
 {
     if (!w)
         return;
+    deliver_free(w->dl);
     if (w->ring_ok)
         io_uring_queue_exit(&w->ring);
     for (unsigned i = 0; w->ls && i < w->nls; i++)

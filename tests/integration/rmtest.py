@@ -51,6 +51,11 @@ tls = none
 auth = none
 {extra}
 """)
+            if "[dns]" not in extra:
+                # Never the machine's resolv.conf: tests only ever talk to
+                # loopback. Nothing answers on this port, so lookups time out
+                # and mail stays queued (deferred), as reception tests expect.
+                f.write(f"\n[dns]\nresolvers = 127.0.0.1:{free_port()}\n")
         self.proc = None
 
     def start(self, timeout=15):

@@ -71,7 +71,7 @@ class Basics(SessionTest):
         self.assertIn(f"id {qid}".encode(), stored)
         self.assertTrue(stored.endswith(b"Subject: stored\r\nMessage-ID: <stored@test>\r\n\r\n"
                                         b".dot line\r\nlast\r\n"), stored)
-        log = [e for e in self.d.receptions() if e["id"] == qid]
+        log = [e for e in self.d.receptions() if e["id"] == qid and e["event"] == "reception"]
         self.assertEqual(len(log), 1)
         self.assertEqual(log[0]["event"], "reception")
         self.assertEqual(log[0]["rcpts"], ["b@example.net"])
