@@ -90,6 +90,8 @@ struct ddest {
     uint32_t queued;
     uint32_t nconn, conn_max;
     uint16_t port;
+    bool starved; /* on the engine's starved list: waits for a free slot */
+    struct ddest *next_starved;
 };
 
 enum oc_state { OC_FREE, OC_CONNECTING, OC_SMTP, OC_IDLE, OC_CLOSING };
@@ -151,6 +153,7 @@ struct deliver {
     uint32_t reqs_inflight; /* queue requests of ours not yet back */
     uint32_t dns_sends;
     struct dmsg *msgs; /* messages in flight (freed at exit if still there) */
+    struct ddest *starved_head, *starved_tail; /* destinations waiting for a free slot, FIFO */
     bool draining;
     uint64_t rnd;
     char line[LOG_LINE_MAX];
@@ -601,13 +604,47 @@ static void oc_release(struct deliver *d, struct oconn *o)
 
 static void oc_connect(struct deliver *d, struct oconn *o);
 
-/* The connection is over: the fd is closed; reschedule or free. */
+/* The connection is over: the fd is closed. Its slot goes to its own
+ * destination's queued jobs first, else to a destination that waits for one. */
 static void oc_closed(struct deliver *d, struct oconn *o)
 {
     struct ddest *x = o->d;
     oc_release(d, o);
-    if (x)
+    if (x && x->head)
         dest_dispatch(d, x);
+    while (d->starved_head && d->conns_used < d->nconns) {
+        struct ddest *s = d->starved_head;
+        d->starved_head = s->next_starved;
+        if (!d->starved_head)
+            d->starved_tail = NULL;
+        s->starved = false;
+        dest_dispatch(d, s);
+    }
+}
+
+/* No free slot for x: wait in line, and ask one idle connection elsewhere
+ * to quit so that a slot frees up soon. */
+static void dest_starve(struct deliver *d, struct ddest *x)
+{
+    if (!x->starved) {
+        x->starved = true;
+        x->next_starved = NULL;
+        if (d->starved_tail)
+            d->starved_tail->next_starved = x;
+        else
+            d->starved_head = x;
+        d->starved_tail = x;
+    }
+    for (uint32_t i = 0; i < d->nconns; i++) {
+        struct oconn *o = &d->conns[i];
+        if (o->st == OC_IDLE && o->d != x) {
+            o->st = OC_SMTP;
+            o->quitting = true;
+            smtpc_quit(&o->sc, mono_ms(d));
+            oc_pump(d, o);
+            return;
+        }
+    }
 }
 
 static void oc_close(struct deliver *d, struct oconn *o)
@@ -863,8 +900,10 @@ static void dest_dispatch(struct deliver *d, struct ddest *x)
     while (x->head && x->st == DD_READY && x->nconn < x->conn_max && x->ntargets > 0 &&
            !d->draining) {
         struct oconn *o = oc_alloc(d);
-        if (!o)
-            break; /* max_outbound: the jobs wait for a connection to free up */
+        if (!o) { /* max_outbound: the jobs wait for a slot to free up */
+            dest_starve(d, x);
+            break;
+        }
         o->d = x;
         x->nconn++;
         struct djob *jb = x->head;
@@ -900,7 +939,11 @@ static void on_out_cqe(struct deliver *d, enum ud_kind k, struct oconn *o, int r
                    o->peer, mono_ms(d));
         break;
     case UD_OUT_TIMEOUT:
-        return; /* the connect's completion says what happened */
+        /* The connect's completion says what happened; this one only ends
+         * the connection's last operation when the connect failed first. */
+        if (o->st == OC_CLOSING)
+            oc_close(d, o);
+        return;
     case UD_OUT_RECV:
         o->recv_on = false;
         RM_ASSERT(o->rx.tail == o->recv_off);

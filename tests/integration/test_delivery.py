@@ -87,12 +87,17 @@ class DeliveryTest(unittest.TestCase):
 port = {p}
 retry = 1s 1s 2s
 connection_idle = 1s
+max_outbound = 8
+
 
 [dns]
 resolvers = 127.0.0.1:{cls.dns.port}
 
 [domain routed.example]
 route = 127.0.0.8:{p}
+
+[domain refused.example]
+route = 127.0.0.9:{p}
 """).start()
 
     @classmethod
@@ -193,6 +198,17 @@ route = 127.0.0.8:{p}
         self.assertEqual(self.wait_event(qid, "bounce")[0]["status"], "5.1.2")
 
 
+
+    def test_refused_connections_defer_every_message_and_free_their_slots(self):
+        """A refused connect left its slot waiting for the linked timeout's
+        completion forever: slots leaked until nothing was tried any more."""
+        ids = [self.send("a@example.org", ["x%d@refused.example" % i], "refused-%d" % i)
+               for i in range(30)]  # more than max_outbound (8)
+        for qid in ids:
+            ev = self.wait_event(qid, "deferral")
+            self.assertIn("127.0.0.9", ev[0]["reply"])
+        self.send("a@example.org", ["after-refused@routed.example"], "after-refused")
+        self.by_subject("route", "after-refused")  # slots are free for others
 
     def test_connection_is_reused_for_the_next_message(self):
         for i in range(6):
