@@ -128,6 +128,22 @@ struct dns_send {
     uint64_t query;
 };
 
+enum dtcp_state { DT_FREE, DT_CONNECT, DT_SEND, DT_RECV };
+
+struct dns_tcp { /* one DNS exchange over TCP, after a truncated UDP answer */
+    enum dtcp_state st;
+    uint32_t gen;
+    int fd;
+    uint64_t query;
+    uint64_t started_ms; /* mono */
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    uint8_t out[DNS_QUERY_WIRE_MAX + 2];
+    size_t out_len, sent;
+    uint8_t *in; /* malloc'd at first use: 2 + DNS_TCP_ANSWER_MAX */
+    size_t in_len;
+};
+
 struct dns_sock {
     int fd;
     bool recv_on;
@@ -145,6 +161,8 @@ struct deliver {
     struct dns_resolver *dns;
     struct dns_sock dsock[2];
     struct dns_send dsend[DELIVER_DNS_SENDS];
+    struct dns_tcp dtcp[DELIVER_DNS_TCP];
+    uint32_t dns_tcp_busy;
     struct ddest *dests;
     uint32_t ndest_cap;
     struct oconn *conns;
@@ -1249,15 +1267,115 @@ static void dns_recv_arm(struct deliver *d, unsigned fam)
     k->recv_on = true;
 }
 
+static void dtcp_op(struct deliver *d, struct dns_tcp *t)
+{
+    struct io_uring_sqe *sqe = uring_sqe(d->c.ring);
+    switch (t->st) {
+    case DT_CONNECT:
+        io_uring_prep_connect(sqe, t->fd, (struct sockaddr *)&t->sa, t->salen);
+        break;
+    case DT_SEND:
+        io_uring_prep_send(sqe, t->fd, t->out + t->sent, t->out_len - t->sent, MSG_NOSIGNAL);
+        break;
+    case DT_RECV:
+        io_uring_prep_recv(sqe, t->fd, t->in + t->in_len, 2 + DNS_TCP_ANSWER_MAX - t->in_len, 0);
+        break;
+    case DT_FREE:
+        RM_ASSERT(!"no operation on a free TCP slot");
+    }
+    io_uring_sqe_set_data64(sqe, ud_make(UD_DNS_TCP, (uint32_t)(t - d->dtcp), t->gen));
+}
+
+static void dtcp_end(struct deliver *d, struct dns_tcp *t, int err)
+{
+    if (err)
+        dns_tcp_failed(d->dns, t->query, err, mono_ms(d));
+    close(t->fd); /* close(2) of a socket does not block */
+    t->fd = -1;
+    t->st = DT_FREE;
+    t->gen++;
+    d->dns_tcp_busy--;
+}
+
+/* RFC 1035 4.2.2: connect, send the length-prefixed query, read one
+ * length-prefixed answer. One operation in flight per slot. */
+static void dtcp_start(struct deliver *d, const struct dns_io *io)
+{
+    struct dns_tcp *t = NULL;
+    for (unsigned i = 0; i < DELIVER_DNS_TCP && !t; i++)
+        if (d->dtcp[i].st == DT_FREE)
+            t = &d->dtcp[i];
+    if (t && !t->in)
+        t->in = malloc(2 + DNS_TCP_ANSWER_MAX);
+    if (!t || !t->in || io->wire.len > sizeof(t->out)) {
+        dns_tcp_failed(d->dns, io->query, -ENOBUFS, mono_ms(d));
+        return;
+    }
+    t->fd = socket(io->addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (t->fd < 0) {
+        dns_tcp_failed(d->dns, io->query, -errno, mono_ms(d));
+        return;
+    }
+    memcpy(t->out, io->wire.p, io->wire.len);
+    t->out_len = io->wire.len;
+    t->sent = 0;
+    t->in_len = 0;
+    t->query = io->query;
+    memcpy(&t->sa, io->addr, io->addr_len);
+    t->salen = io->addr_len;
+    t->started_ms = mono_ms(d);
+    t->st = DT_CONNECT;
+    d->dns_tcp_busy++;
+    dtcp_op(d, t);
+}
+
+static void dtcp_cqe(struct deliver *d, struct dns_tcp *t, int res)
+{
+    if (res < 0) {
+        dtcp_end(d, t, res);
+        return;
+    }
+    switch (t->st) {
+    case DT_CONNECT:
+        t->st = DT_SEND;
+        break;
+    case DT_SEND:
+        t->sent += (size_t)res;
+        if (t->sent == t->out_len)
+            t->st = DT_RECV;
+        break;
+    case DT_RECV:
+        if (res == 0) {
+            dtcp_end(d, t, -EPIPE);
+            return;
+        }
+        t->in_len += (size_t)res;
+        if (t->in_len >= 2) {
+            size_t want = (size_t)t->in[0] << 8 | t->in[1];
+            if (t->in_len >= 2 + want) {
+                (void)dns_tcp_input(d->dns, t->query, t->in + 2, want, mono_ms(d));
+                dtcp_end(d, t, 0);
+                return;
+            }
+        }
+        if (t->in_len == 2 + DNS_TCP_ANSWER_MAX) {
+            dtcp_end(d, t, -EMSGSIZE);
+            return;
+        }
+        break;
+    case DT_FREE:
+        RM_ASSERT(!"completion on a free TCP slot");
+    }
+    dtcp_op(d, t);
+}
+
 /* Sends what the resolver asks for and hands out finished lookups. */
 static void dns_pump(struct deliver *d)
 {
     struct dns_io io;
     for (unsigned guard = 0; guard < 4096 && dns_next_io(d->dns, &io); guard++) {
         if (io.kind == DNS_IO_TCP) {
-            /* XXX: the TCP exchange for truncated answers is not done yet:
-             * the lookup fails over as if that server had not answered. */
-            dns_tcp_failed(d->dns, io.query, -EOPNOTSUPP, mono_ms(d));
+            dtcp_start(d, &io);
             continue;
         }
         unsigned fam = io.addr->sa_family == AF_INET6 ? 1 : 0;
@@ -1423,6 +1541,11 @@ void deliver_free(struct deliver *d)
     for (unsigned f = 0; f < 2; f++)
         if (d->dsock[f].fd >= 0)
             close(d->dsock[f].fd);
+    for (unsigned i = 0; i < DELIVER_DNS_TCP; i++) {
+        if (d->dtcp[i].st != DT_FREE)
+            close(d->dtcp[i].fd);
+        free(d->dtcp[i].in);
+    }
     dns_free(d->dns);
     sched_fini(&d->sched);
     free(d->dests);
@@ -1468,6 +1591,13 @@ void deliver_tick(struct deliver *d)
     int rc = sched_refill(&d->sched, d->c.q, now_ms(d));
     if (rc < 0)
         log_buf_diag(d->c.diag, LOG_ERR, "deliver", "-", "schedule refill: %s", q_strerror(rc));
+    for (unsigned i = 0; i < DELIVER_DNS_TCP; i++) {
+        struct dns_tcp *t = &d->dtcp[i];
+        /* The resolver gives up on its own after tcp_timeout_ms; the socket
+         * must not wait longer: shutdown(2) ends the pending operation. */
+        if (t->st != DT_FREE && mono_ms(d) - t->started_ms > DNS_TCP_TIMEOUT_MS_DEFAULT + 1000)
+            shutdown(t->fd, SHUT_RDWR);
+    }
     dns_tick(d->dns, mono_ms(d));
     dns_pump(d);
     for (uint32_t i = 0; i < d->nconns; i++) {
@@ -1501,6 +1631,13 @@ void deliver_cqe(struct deliver *d, uint64_t ud, int res, uint32_t flags)
                                 (size_t)res, mono_ms(d));
         if (!d->draining || d->reqs_inflight || d->conns_used)
             dns_recv_arm(d, i & 1);
+        dns_pump(d);
+        return;
+    }
+    case UD_DNS_TCP: {
+        struct dns_tcp *t = &d->dtcp[i % DELIVER_DNS_TCP];
+        RM_ASSERT(t->st != DT_FREE && t->gen == ud_gen(ud));
+        dtcp_cqe(d, t, res);
         dns_pump(d);
         return;
     }
@@ -1548,5 +1685,5 @@ void deliver_force(struct deliver *d)
 
 bool deliver_idle(const struct deliver *d)
 {
-    return d->conns_used == 0 && d->reqs_inflight == 0 && d->dns_sends == 0;
+    return d->conns_used == 0 && d->reqs_inflight == 0 && d->dns_sends == 0 && d->dns_tcp_busy == 0;
 }

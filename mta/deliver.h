@@ -37,6 +37,7 @@
     100u                             /* recipients per transaction: every server takes 100         \
                                       * (RFC 5321 4.5.3.1.8); more go in further jobs */
 #define DELIVER_DNS_SENDS     64u    /* DNS datagrams being sent at once */
+#define DELIVER_DNS_TCP       8u     /* TCP exchanges (truncated answers) at once */
 #define DELIVER_ROUTE_FAIL_MS 30000u /* a destination whose hosts all failed waits this long */
 
 struct deliver;

@@ -33,6 +33,7 @@ enum ud_kind {
     UD_OUT_TIMEOUT, /* the connect's linked timeout */
     UD_DNS_RECV,    /* index: address family slot (0 IPv4, 1 IPv6) */
     UD_DNS_SEND,    /* index: send buffer */
+    UD_DNS_TCP,     /* index: TCP exchange slot (one operation in flight at a time) */
     UD_KIND_MAX,
 };
 

@@ -807,6 +807,7 @@ static void on_cqe(struct worker *w, const struct io_uring_cqe *cqe)
     case UD_OUT_TIMEOUT:
     case UD_DNS_RECV:
     case UD_DNS_SEND:
+    case UD_DNS_TCP:
         deliver_cqe(w->dl, ud, cqe->res, cqe->flags);
         break;
     case UD_KIND_MAX:

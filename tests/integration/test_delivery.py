@@ -70,6 +70,10 @@ class DeliveryTest(unittest.TestCase):
             "implicit.test. 300 IN A 127.0.0.2",
             "noutf8.test. 300 IN MX 10 mx.noutf8.test.", "mx.noutf8.test. 300 IN A 127.0.0.10",
             "reuse.test. 300 IN MX 10 mx.reuse.test.", "mx.reuse.test. 300 IN A 127.0.0.11",
+            # 40 MX records with long names: more than 1232 octets, so the UDP
+            # answer is truncated and must be fetched again over TCP
+            "big.test. 300 IN MX 5 mx.ok.test.",
+        ] + ["big.test. 300 IN MX 50 filler-%02d-%s.big.test." % (i, "x" * 50) for i in range(40)] + [
             "null.test. 300 IN MX 0 .",
         ])
         cls.sinks = {
@@ -157,6 +161,11 @@ route = 127.0.0.9:{p}
         while qid in self.d.queue_ids() and time.time() < deadline:
             time.sleep(0.05)
         self.assertNotIn(qid, self.d.queue_ids())  # deleted once every recipient is final
+
+    def test_truncated_mx_answer_is_fetched_over_tcp(self):
+        qid = self.send("a@example.org", ["x@big.test"], "over-tcp")
+        self.by_subject("ok", "over-tcp")
+        self.assertEqual(self.wait_event(qid, "delivery")[0]["mx"], "mx.ok.test")
 
     def test_route_override_skips_mx(self):
         self.send("a@example.org", ["x@routed.example"], "routed")
