@@ -158,6 +158,20 @@ static inline void rm_buf_compact(struct rm_buf *b)
     b->tail = n;
 }
 
+/* Readies an rx buffer for the next recv; call it only when no recv is
+ * pending (a pending one writes at the tail it was given, so bytes must not
+ * move under it; consumers use rm_buf_skip meanwhile). Moves pending bytes
+ * to the front when less than a quarter of the buffer is free. Returns the
+ * free space after tail. */
+static inline size_t rm_buf_recv_prep(struct rm_buf *b)
+{
+    if (b->head == b->tail)
+        b->head = b->tail = 0;
+    else if (b->cap - b->tail < b->cap / 4)
+        rm_buf_compact(b);
+    return b->cap - b->tail;
+}
+
 /* Appends n bytes; returns false (and appends nothing) when they do not fit
  * even after compaction. */
 static inline RM_MUST_CHECK bool rm_buf_append(struct rm_buf *b, const void *p, size_t n)

@@ -768,11 +768,7 @@ static void oc_recv(struct deliver *d, struct oconn *o)
 {
     if (o->recv_on || o->fd < 0 || o->st == OC_CLOSING || o->st == OC_CONNECTING)
         return;
-    if (rm_buf_len(&o->rx) == 0)
-        o->rx.head = o->rx.tail = 0;
-    else if (rm_buf_space(&o->rx) < o->rx.cap / 4)
-        rm_buf_compact(&o->rx);
-    if (rm_buf_space(&o->rx) == 0)
+    if (rm_buf_recv_prep(&o->rx) == 0) /* no recv pending: rx may move now */
         return;
     struct io_uring_sqe *sqe = uring_sqe(d->c.ring);
     io_uring_prep_recv(sqe, o->fd, rm_buf_wptr(&o->rx), rm_buf_space(&o->rx), 0);

@@ -224,14 +224,8 @@ static void slot_recv(struct worker *w, struct slot *s)
 {
     if (s->recv_on || s->closing || s->peer_gone || s->rx_eof)
         return;
-    /* Only here, with no recv pending, may rx's bytes move: a pending recv
-     * writes at the tail it was given (the session consumes with
-     * rm_buf_skip, which never moves the tail). */
-    if (rm_buf_len(&s->rx) == 0)
-        s->rx.head = s->rx.tail = 0;
-    else if (rm_buf_space(&s->rx) < s->rx.cap / 4)
-        rm_buf_compact(&s->rx);
-    if (rm_buf_space(&s->rx) == 0)
+    /* Only here, with no recv pending, may rx's bytes move (rm_buf_recv_prep). */
+    if (rm_buf_recv_prep(&s->rx) == 0)
         return; /* the session will consume; recv is re-armed after */
     struct io_uring_sqe *sqe = sqe_get(w);
     io_uring_prep_recv(sqe, s->fd, rm_buf_wptr(&s->rx), rm_buf_space(&s->rx), 0);

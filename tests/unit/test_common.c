@@ -49,11 +49,32 @@ static void buf_skip_never_moves_the_tail(void **state)
     assert_int_equal(b.tail, 0);
 }
 
+static void buf_recv_prep_resets_empty_and_compacts_nearly_full(void **state)
+{
+    (void)state;
+    uint8_t mem[16];
+    struct rm_buf b;
+    rm_buf_init(&b, mem, sizeof(mem));
+    rm_buf_produce(&b, 10);
+    rm_buf_skip(&b, 10);
+    assert_int_equal(rm_buf_recv_prep(&b), 16); /* empty: back to 0 */
+    assert_int_equal(b.tail, 0);
+    rm_buf_produce(&b, 8);
+    rm_buf_skip(&b, 6);
+    assert_int_equal(rm_buf_recv_prep(&b), 8); /* 8 free of 16: left where it is */
+    assert_int_equal(b.head, 6);
+    rm_buf_produce(&b, 6);
+    assert_int_equal(rm_buf_recv_prep(&b), 8); /* 2 free: the 8 pending bytes move */
+    assert_int_equal(b.head, 0);
+    assert_int_equal(b.tail, 8);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(utc_matches_gmtime_over_four_centuries),
         cmocka_unit_test(buf_skip_never_moves_the_tail),
+        cmocka_unit_test(buf_recv_prep_resets_empty_and_compacts_nearly_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
