@@ -54,6 +54,7 @@ struct dmsg { /* a message out for delivery; malloc'd, at most max_inflight per 
     struct rm_chunk *dsn_body;
     bool final;               /* every recipient final: DELETE */
     struct dmsg *prev, *next; /* the engine's list of messages in flight */
+    struct dmsg *next_retry;  /* on the engine's list of requests to submit again */
 };
 
 struct ddest;
@@ -62,6 +63,7 @@ struct djob { /* the recipients of one message for one destination */
     struct dmsg *m;
     struct ddest *d;
     struct djob *next;
+    uint32_t target; /* first target to try: past those whose greeting/EHLO failed */
     uint32_t n;
     uint32_t idx[DELIVER_BATCH_RCPTS];
 };
@@ -90,7 +92,9 @@ struct ddest {
     uint32_t queued;
     uint32_t nconn, conn_max;
     uint16_t port;
-    bool starved; /* on the engine's starved list: waits for a free slot */
+    bool starved;     /* on the engine's starved list: waits for a free slot */
+    bool tomb;        /* evicted: !used, but lookups probe past it */
+    const void *mark; /* msg_start: already kicked for this message */
     struct ddest *next_starved;
 };
 
@@ -102,6 +106,8 @@ struct oconn {
     int fd;
     uint8_t ops; /* io_uring operations in flight naming this slot */
     bool recv_on, send_on, close_on, quitting;
+    bool result_pending; /* the job's results wait for the send in flight to complete */
+    bool shut;           /* shut down (by us) or failed: nothing more is sent or received */
     struct ddest *d;
     unsigned target;  /* index into d->targets being tried */
     struct djob *job; /* the transaction in progress */
@@ -172,6 +178,8 @@ struct deliver {
     uint32_t dns_sends;
     struct dmsg *msgs; /* messages in flight (freed at exit if still there) */
     struct ddest *starved_head, *starved_tail; /* destinations waiting for a free slot, FIFO */
+    struct dmsg *retry_head; /* messages whose queue request failed: submitted again each tick */
+    int load_err;            /* why the last dmsg_load failed */
     bool draining;
     uint64_t rnd;
     char line[LOG_LINE_MAX];
@@ -323,9 +331,14 @@ static struct dmsg *dmsg_load(struct deliver *d, const struct sched_entry *e)
     m->id = e->id;
     m->due_ms = e->due_ms;
     q_id_format(&e->id, m->ids);
-    if (q_read_begin(d->c.q, &r) != 0 || q_read_env(r, &e->id, &raw) != 0 ||
-        q_read_msg(r, &e->id, &msg) != 0)
+    d->load_err = q_read_begin(d->c.q, &r);
+    if (d->load_err == 0)
+        d->load_err = q_read_env(r, &e->id, &raw);
+    if (d->load_err == 0)
+        d->load_err = q_read_msg(r, &e->id, &msg);
+    if (d->load_err != 0)
         goto fail;
+    d->load_err = -ENOMEM;
     m->env_raw = malloc(raw.len);
     if (!m->env_raw)
         goto fail;
@@ -347,6 +360,7 @@ static struct dmsg *dmsg_load(struct deliver *d, const struct sched_entry *e)
     if (!m->res || copy_body(d, m, msg) != 0)
         goto fail;
     q_read_end(r);
+    d->load_err = 0;
     m->next = d->msgs;
     if (d->msgs)
         d->msgs->prev = m;
@@ -354,7 +368,9 @@ static struct dmsg *dmsg_load(struct deliver *d, const struct sched_entry *e)
     return m;
 fail:
     q_read_end(r);
-    log_buf_diag(d->c.diag, LOG_ERR, "deliver", m->ids, "cannot load the message for delivery");
+    if (d->load_err != Q_ERR_NOT_FOUND)
+        log_buf_diag(d->c.diag, LOG_ERR, "deliver", m->ids, "cannot load the message: %s",
+                     d->load_err == -ENOMEM ? "out of memory" : q_strerror(d->load_err));
     dmsg_free(d, m);
     return NULL;
 }
@@ -371,35 +387,69 @@ static uint32_t name_hash(const char *s, size_t n)
     return h;
 }
 
+static bool dest_evictable(const struct ddest *x)
+{
+    return x->used && !x->head && x->nconn == 0 && x->st != DD_RESOLVING && !x->starved;
+}
+
+static void dest_init(struct deliver *d, struct ddest *x, const char *dom, size_t n)
+{
+    struct dtarget *t = x->targets; /* kept across evictions */
+    memset(x, 0, sizeof(*x));
+    x->targets = t;
+    x->used = true;
+    for (size_t k = 0; k < n; k++)
+        x->name[k] = (char)((dom[k] >= 'A' && dom[k] <= 'Z') ? dom[k] + 32 : dom[k]);
+    x->name[n] = '\0';
+    const struct cfg_domain *cd = cfg_domain_find(d->c.cfg, x->name, n);
+    uint32_t max = cd && cd->max_connections ? cd->max_connections : d->c.cfg->dest_connections_max;
+    /* The global limit holds: each worker gets its share (at least 1, so
+     * the limit is max(max_connections, workers)). */
+    x->conn_max = RM_MAX(1u, (max + d->c.nworkers - 1 - d->c.worker) / d->c.nworkers);
+    x->port = cd && cd->route_port ? cd->route_port : d->c.cfg->delivery_port;
+}
+
+/* The destination of a domain: found, or made. Open addressing with
+ * tombstones; when the table is full, idle destinations (no job, no
+ * connection, no lookup) are evicted (their route comes back from the DNS
+ * cache). NULL when even that leaves no room. */
 static struct ddest *dest_get(struct deliver *d, const char *dom, size_t n)
 {
     if (n == 0 || n > DNS_NAME_MAX)
         return NULL;
-    uint32_t mask = d->ndest_cap - 1, i = name_hash(dom, n) & mask;
-    for (uint32_t probe = 0; probe < d->ndest_cap; probe++, i = (i + 1) & mask) {
-        struct ddest *x = &d->dests[i];
-        if (!x->used) {
-            struct dtarget *t = x->targets ? x->targets : calloc(TARGETS_MAX, sizeof(*t));
-            if (!t)
+    uint32_t mask = d->ndest_cap - 1, home = name_hash(dom, n) & mask;
+    for (int pass = 0; pass < 2; pass++) {
+        uint32_t at = UINT32_MAX; /* the first free slot (tombstone or empty) */
+        uint32_t i = home;
+        for (uint32_t probe = 0; probe < d->ndest_cap; probe++, i = (i + 1) & mask) {
+            struct ddest *x = &d->dests[i];
+            if (x->used) {
+                if (strlen(x->name) == n && strncasecmp(x->name, dom, n) == 0)
+                    return x;
+                continue;
+            }
+            if (at == UINT32_MAX)
+                at = i;
+            if (!x->tomb)
+                break; /* an empty slot ends the chain: the name is not further on */
+        }
+        if (at != UINT32_MAX) {
+            struct ddest *x = &d->dests[at];
+            if (!x->targets)
+                x->targets = calloc(TARGETS_MAX, sizeof(*x->targets));
+            if (!x->targets)
                 return NULL;
-            memset(x, 0, sizeof(*x));
-            x->targets = t;
-            x->used = true;
-            for (size_t k = 0; k < n; k++)
-                x->name[k] = (char)((dom[k] >= 'A' && dom[k] <= 'Z') ? dom[k] + 32 : dom[k]);
-            x->name[n] = '\0';
-            const struct cfg_domain *cd = cfg_domain_find(d->c.cfg, x->name, n);
-            uint32_t max =
-                cd && cd->max_connections ? cd->max_connections : d->c.cfg->dest_connections_max;
-            /* The global limit holds: each worker gets its share (at least 1). */
-            x->conn_max = RM_MAX(1u, (max + d->c.nworkers - 1 - d->c.worker) / d->c.nworkers);
-            x->port = cd && cd->route_port ? cd->route_port : d->c.cfg->delivery_port;
+            dest_init(d, x, dom, n);
             return x;
         }
-        if (strlen(x->name) == n && strncasecmp(x->name, dom, n) == 0)
-            return x;
+        for (uint32_t k = 0; pass == 0 && k < d->ndest_cap; k++) { /* full: evict idle ones */
+            if (dest_evictable(&d->dests[k])) {
+                d->dests[k].used = false;
+                d->dests[k].tomb = true;
+            }
+        }
     }
-    return NULL; /* full */
+    return NULL;
 }
 
 static void job_finish(struct deliver *d, struct djob *jb);
@@ -766,7 +816,7 @@ static void oc_connect(struct deliver *d, struct oconn *o)
 
 static void oc_recv(struct deliver *d, struct oconn *o)
 {
-    if (o->recv_on || o->fd < 0 || o->st == OC_CLOSING || o->st == OC_CONNECTING)
+    if (o->recv_on || o->fd < 0 || o->shut || o->st == OC_CLOSING || o->st == OC_CONNECTING)
         return;
     if (rm_buf_recv_prep(&o->rx) == 0) /* no recv pending: rx may move now */
         return;
@@ -780,7 +830,7 @@ static void oc_recv(struct deliver *d, struct oconn *o)
 
 static void oc_send(struct deliver *d, struct oconn *o)
 {
-    if (o->send_on || o->fd < 0 || o->st == OC_CONNECTING || o->st == OC_CLOSING)
+    if (o->send_on || o->fd < 0 || o->shut || o->st == OC_CONNECTING || o->st == OC_CLOSING)
         return;
     size_t k = smtpc_output(&o->sc, o->spans, OC_IOV_MAX);
     if (k == 0)
@@ -844,6 +894,16 @@ static void oc_event(struct deliver *d, struct oconn *o, enum smtpc_ev ev)
         oc_next_job(d, o);
         break;
     case SMTPC_EV_DONE:
+        if (o->job && o->send_on) {
+            /* A timeout or loss while a body send is in flight: the kernel
+             * still reads the body's chunks. Cut the send short and hold
+             * the job until its completion (on_out_cqe). */
+            o->result_pending = true;
+            shutdown(o->fd, SHUT_RDWR);
+            o->shut = true;
+            o->quitting = true;
+            break;
+        }
         if (o->job)
             job_result(d, o);
         if (smtpc_closing(&o->sc))
@@ -857,12 +917,14 @@ static void oc_event(struct deliver *d, struct oconn *o, enum smtpc_ev ev)
         snprintf(why, sizeof(why), "%.*s", (int)f->text.len, (const char *)f->text.p);
         /* The greeting or EHLO failed: try the next host with the same job. */
         struct djob *jb = o->job;
-        if (o->fd >= 0) {
+        if (o->fd >= 0) { /* the server refused us: no QUIT owed */
             shutdown(o->fd, SHUT_RDWR);
+            o->shut = true;
         }
         o->quitting = true;
         if (jb && o->target + 1 < o->d->ntargets) {
             o->job = NULL;
+            jb->target = o->target + 1; /* its next connection starts at the next host */
             /* put it back at the head of the queue: the next connection takes it */
             jb->next = o->d->head;
             o->d->head = jb;
@@ -926,6 +988,7 @@ static void dest_dispatch(struct deliver *d, struct ddest *x)
             x->tail = NULL;
         x->queued--;
         o->job = jb;
+        o->target = jb->target;
         oc_connect(d, o);
     }
 }
@@ -964,15 +1027,21 @@ static void on_out_cqe(struct deliver *d, enum ud_kind k, struct oconn *o, int r
         if (res > 0) {
             rm_buf_produce(&o->rx, (size_t)res);
         } else if (res != -EINTR && res != -EAGAIN && o->st != OC_CLOSING) {
+            o->shut = true; /* EOF or an error: the peer is gone */
             oc_event(d, o, smtpc_lost(&o->sc, mono_ms(d)));
             o->quitting = true;
         }
         break;
     case UD_OUT_SEND:
         o->send_on = false;
+        if (o->result_pending) { /* the body is no longer read: the job may end */
+            o->result_pending = false;
+            job_result(d, o);
+        }
         if (res >= 0 && o->st != OC_CLOSING) {
             smtpc_sent(&o->sc, (size_t)res, mono_ms(d));
         } else if (res < 0 && o->st != OC_CLOSING) {
+            o->shut = true;
             oc_event(d, o, smtpc_lost(&o->sc, mono_ms(d)));
             o->quitting = true;
         }
@@ -1006,16 +1075,24 @@ static void job_finish(struct deliver *d, struct djob *jb)
     msg_unref(d, m);
 }
 
+/* A request that could not be submitted or failed: its outcomes exist only in
+ * memory, so the message is never reloaded from LMDB meanwhile (that would
+ * deliver again to recipients already done): the same request goes again at
+ * the next tick. */
+static void retry_later(struct deliver *d, struct dmsg *m)
+{
+    m->next_retry = d->retry_head;
+    d->retry_head = m;
+}
+
 static void submit(struct deliver *d, struct q_req *r)
 {
+    struct dmsg *m = (struct dmsg *)(void *)((uint8_t *)r - offsetof(struct dmsg, req));
     r->tag = ud_make(UD_TAG_DELIVER, 0, 0);
+    r->status = 0;
     int rc = q_submit(d->c.q, d->c.worker, r);
-    if (rc != 0) {
-        /* The ring is full or the writer stopped: leave it; the message is
-         * still queued as it was and comes back at its old due time after a
-         * restart. XXX: retry on -EAGAIN instead. */
-        r->status = rc;
-        deliver_req_done(d, r);
+    if (rc != 0) { /* the ring is full (or the writer is stopping) */
+        retry_later(d, m);
         return;
     }
     d->reqs_inflight++;
@@ -1044,6 +1121,14 @@ static void msg_commit(struct deliver *d, struct dmsg *m)
         expired = next == RETRY_EXPIRED;
     }
     struct dsn_rcpt *dr = calloc(e->rcpt_count, sizeof(*dr));
+    if (!dr) { /* no DSN could be built: nothing becomes final without one */
+        expired = false;
+        for (uint32_t i = 0; i < e->rcpt_count; i++)
+            if (m->res[i].outcome == SMTPC_PERM)
+                m->res[i].outcome = SMTPC_TEMP;
+        if (!next)
+            next = now_ms(d) + 60000;
+    }
     for (uint32_t i = 0; i < e->rcpt_count; i++) {
         struct q_rcpt *r = &m->rcpts[i];
         struct dres *x = &m->res[i];
@@ -1144,14 +1229,19 @@ static void msg_commit(struct deliver *d, struct dmsg *m)
 void deliver_req_done(struct deliver *d, struct q_req *r)
 {
     struct dmsg *m = (struct dmsg *)(void *)((uint8_t *)r - offsetof(struct dmsg, req));
-    if (d->reqs_inflight > 0 && r->status != -EAGAIN && r->status != Q_ERR_STOPPED)
-        d->reqs_inflight--;
+    RM_ASSERT(d->reqs_inflight > 0);
+    d->reqs_inflight--;
+    bool gone = r->status == Q_ERR_NOT_FOUND && m->phase == DM_COMMIT; /* deleted meanwhile */
+    if (r->status != 0 && !gone) {
+        /* Never drop it: a lost DSN, or a reload that delivers again. */
+        log_buf_diag(d->c.diag, LOG_ERR, "deliver", m->ids, "cannot %s: %s (retrying)",
+                     m->phase == DM_DSN ? "queue the DSN" : "update the queue",
+                     q_strerror(r->status));
+        retry_later(d, m);
+        return;
+    }
     if (m->phase == DM_DSN) {
-        if (r->status == 0)
-            sched_add(&d->sched, m->benv->env.next_attempt_ms, &r->id);
-        else
-            log_buf_diag(d->c.diag, LOG_ERR, "deliver", m->ids, "cannot queue the DSN: %s",
-                         q_strerror(r->status));
+        sched_add(&d->sched, m->benv->env.next_attempt_ms, &r->id);
         rm_pool_put_chain(d->c.pool, m->dsn_body);
         m->dsn_body = NULL;
         m->phase = DM_COMMIT;
@@ -1163,14 +1253,9 @@ void deliver_req_done(struct deliver *d, struct q_req *r)
         submit(d, &m->req);
         return;
     }
-    if (r->status != 0)
-        log_buf_diag(d->c.diag, LOG_ERR, "deliver", m->ids, "cannot %s the message: %s",
-                     m->final ? "delete" : "update", q_strerror(r->status));
     sched_done(&d->sched, &m->id);
     if (r->status == 0 && !m->final)
         sched_add(&d->sched, m->env.next_attempt_ms, &m->id);
-    else if (r->status != 0) /* unchanged in the queue: try again at its old time */
-        sched_add(&d->sched, m->due_ms, &m->id);
     dmsg_free(d, m);
 }
 
@@ -1228,8 +1313,10 @@ static void msg_start(struct deliver *d, struct dmsg *m)
             x->head = jb;
         x->tail = jb;
         x->queued++;
-        touched[ntouched++] = x; /* a domain with more recipients gets more batches later in
-                                  * this loop: the next untaken one starts the next */
+        if (x->mark != m) { /* kicked once per message (a big domain gets several jobs) */
+            x->mark = m;
+            touched[ntouched++] = x;
+        }
     }
     if (!taken || !touched) {
         for (uint32_t i = 0; i < n; i++)
@@ -1574,8 +1661,12 @@ static void start_due(struct deliver *d)
         if (!sched_pop_due(&d->sched, now_ms(d), &e))
             break;
         struct dmsg *m = dmsg_load(d, &e);
-        if (!m) { /* deleted meanwhile, or out of memory: look again later */
+        if (!m) {
             sched_done(&d->sched, &e.id);
+            /* Deleted meanwhile: done. Else (pool or memory exhausted, a read
+             * error) the entry is behind the horizon now: put it back. */
+            if (d->load_err != Q_ERR_NOT_FOUND)
+                sched_add(&d->sched, now_ms(d) + DELIVER_LOAD_RETRY_MS, &e.id);
             continue;
         }
         msg_start(d, m);
@@ -1584,6 +1675,13 @@ static void start_due(struct deliver *d)
 
 void deliver_tick(struct deliver *d)
 {
+    struct dmsg *retry = d->retry_head; /* failed queue requests go again */
+    d->retry_head = NULL;
+    while (retry) {
+        struct dmsg *m = retry;
+        retry = m->next_retry;
+        submit(d, &m->req);
+    }
     int rc = sched_refill(&d->sched, d->c.q, now_ms(d));
     if (rc < 0)
         log_buf_diag(d->c.diag, LOG_ERR, "deliver", "-", "schedule refill: %s", q_strerror(rc));
@@ -1674,12 +1772,15 @@ void deliver_force(struct deliver *d)
     d->draining = true;
     for (uint32_t i = 0; i < d->nconns; i++) {
         struct oconn *o = &d->conns[i];
-        if (o->st != OC_FREE && o->fd >= 0)
+        if (o->st != OC_FREE && o->fd >= 0) {
             shutdown(o->fd, SHUT_RDWR);
+            o->shut = true;
+        }
     }
 }
 
 bool deliver_idle(const struct deliver *d)
 {
-    return d->conns_used == 0 && d->reqs_inflight == 0 && d->dns_sends == 0 && d->dns_tcp_busy == 0;
+    return d->conns_used == 0 && d->reqs_inflight == 0 && !d->retry_head && d->dns_sends == 0 &&
+           d->dns_tcp_busy == 0;
 }

@@ -34,9 +34,12 @@
 
 #define DELIVER_DESTS_MAX 4096u /* destinations per worker; full: jobs wait (TEMP) */
 #define DELIVER_BATCH_RCPTS                                                                        \
-    100u                             /* recipients per transaction: every server takes 100         \
-                                      * (RFC 5321 4.5.3.1.8); more go in further jobs */
-#define DELIVER_DNS_SENDS     64u    /* DNS datagrams being sent at once */
+    100u /* recipients per transaction: every server takes 100                                     \
+          * (RFC 5321 4.5.3.1.8); more go in further jobs */
+#define DELIVER_DNS_SENDS                                                                          \
+    (64u * 21u)                      /* DNS datagrams being sent at once: every lookup             \
+                                      * slot's MX and A+AAAA of 10 hosts (dns.h) */
+#define DELIVER_LOAD_RETRY_MS 5000u  /* a message that could not be loaded is tried again */
 #define DELIVER_DNS_TCP       8u     /* TCP exchanges (truncated answers) at once */
 #define DELIVER_ROUTE_FAIL_MS 30000u /* a destination whose hosts all failed waits this long */
 

@@ -829,7 +829,10 @@ static int ring_setup(struct worker *w)
     /* The CQ holds every completion that can be pending at once (a slot has
      * at most recv, send and cancel or close in flight, plus the loop's own
      * few), so it never overflows and submission never fails for it. */
-    uint64_t cq = 4ull * w->nslots + 4ull * w->nls + 64;
+    const struct cfg *cfg = w->sh->cfg;
+    uint64_t outbound = (cfg->outbound_max + w->sh->nworkers - 1) / w->sh->nworkers;
+    uint64_t cq = 4ull * w->nslots + 4ull * w->nls + 3ull * outbound + DELIVER_DNS_SENDS +
+                  DELIVER_DNS_TCP + 64;
     p.cq_entries = (uint32_t)RM_MIN(cq, WORKER_CQ_MAX);
     p.flags |= IORING_SETUP_CQSIZE;
     int rc = io_uring_queue_init_params(WORKER_RING_ENTRIES, &w->ring, &p);
@@ -1052,9 +1055,11 @@ void worker_free(struct worker *w)
 {
     if (!w)
         return;
-    deliver_free(w->dl);
+    /* The ring first: closing an fd does not cancel its io_uring requests,
+     * and an armed DNS recvmsg writes into the engine's buffers. */
     if (w->ring_ok)
         io_uring_queue_exit(&w->ring);
+    deliver_free(w->dl);
     for (unsigned i = 0; w->ls && i < w->nls; i++)
         if (w->ls[i].fd >= 0)
             close(w->ls[i].fd);

@@ -68,6 +68,9 @@ class DeliveryTest(unittest.TestCase):
             "twomx.test. 300 IN MX 10 down.twomx.test.", "twomx.test. 300 IN MX 20 up.twomx.test.",
             "down.twomx.test. 300 IN A 127.0.0.6", "up.twomx.test. 300 IN A 127.0.0.7",
             "implicit.test. 300 IN A 127.0.0.2",
+            # the first MX refuses at the greeting (554), the second takes it
+            "greet.test. 300 IN MX 10 bad.greet.test.", "greet.test. 300 IN MX 20 up.twomx.test.",
+            "bad.greet.test. 300 IN A 127.0.0.15",
             "noutf8.test. 300 IN MX 10 mx.noutf8.test.", "mx.noutf8.test. 300 IN A 127.0.0.10",
             "reuse.test. 300 IN MX 10 mx.reuse.test.", "mx.reuse.test. 300 IN A 127.0.0.11",
             # 40 MX records with long names: more than 1232 octets, so the UDP
@@ -85,6 +88,7 @@ class DeliveryTest(unittest.TestCase):
             "route": Sink("127.0.0.8", p),
             "noutf8": Sink("127.0.0.10", p, "--no-smtputf8"),
             "reuse": Sink("127.0.0.11", p),
+            "badgreet": Sink("127.0.0.15", p, "--greeting-fail"),
         }
         cls.d = Daemon(server="", extra=f"""
 [delivery]
@@ -185,6 +189,13 @@ route = 127.0.0.9:{p}
     def test_first_mx_down_second_gets_it(self):
         qid = self.send("a@example.org", ["x@twomx.test"], "twomx")
         self.by_subject("up", "twomx")
+        self.assertEqual(self.wait_event(qid, "delivery")[0]["mx"], "up.twomx.test")
+
+    def test_greeting_refused_by_the_first_mx_goes_to_the_second(self):
+        """The job went back to the queue and a new connection started at the
+        first MX again: a tight reconnect loop that never reached the second."""
+        qid = self.send("a@example.org", ["x@greet.test"], "greet-fail")
+        self.by_subject("up", "greet-fail")
         self.assertEqual(self.wait_event(qid, "delivery")[0]["mx"], "up.twomx.test")
 
     def test_5xx_bounces_with_a_dsn_to_the_sender(self):
