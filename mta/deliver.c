@@ -92,9 +92,10 @@ struct ddest {
     uint32_t queued;
     uint32_t nconn, conn_max;
     uint16_t port;
-    bool starved;     /* on the engine's starved list: waits for a free slot */
-    bool tomb;        /* evicted: !used, but lookups probe past it */
-    const void *mark; /* msg_start: already kicked for this message */
+    bool starved;       /* on the engine's starved list: waits for a free slot */
+    bool tomb;          /* evicted: !used, but lookups probe past it */
+    struct oconn *idle; /* its idle connections (a destination is not evicted with any) */
+    const void *mark;   /* msg_start: already kicked for this message */
     struct ddest *next_starved;
 };
 
@@ -108,6 +109,7 @@ struct oconn {
     bool recv_on, send_on, close_on, quitting;
     bool result_pending; /* the job's results wait for the send in flight to complete */
     bool shut;           /* shut down (by us) or failed: nothing more is sent or received */
+    struct oconn *idle_prev, *idle_next; /* on d->idle while OC_IDLE */
     struct ddest *d;
     unsigned target;  /* index into d->targets being tried */
     struct djob *job; /* the transaction in progress */
@@ -173,6 +175,7 @@ struct deliver {
     uint32_t ndest_cap;
     struct oconn *conns;
     uint32_t nconns, conns_used;
+    uint32_t *free_slots;   /* stack of free connection slots: O(1) allocation */
     uint32_t conn_share;    /* this worker's share of max_connections per destination */
     uint32_t reqs_inflight; /* queue requests of ours not yet back */
     uint32_t dns_sends;
@@ -389,7 +392,7 @@ static uint32_t name_hash(const char *s, size_t n)
 
 static bool dest_evictable(const struct ddest *x)
 {
-    return x->used && !x->head && x->nconn == 0 && x->st != DD_RESOLVING && !x->starved;
+    return x->used && !x->head && x->nconn == 0 && !x->idle && x->st != DD_RESOLVING && !x->starved;
 }
 
 static void dest_init(struct deliver *d, struct ddest *x, const char *dom, size_t n)
@@ -631,10 +634,9 @@ static void oc_pump(struct deliver *d, struct oconn *o);
 
 static struct oconn *oc_alloc(struct deliver *d)
 {
-    for (uint32_t i = 0; i < d->nconns; i++) {
-        struct oconn *o = &d->conns[i];
-        if (o->st != OC_FREE)
-            continue;
+    if (d->conns_used < d->nconns) {
+        struct oconn *o = &d->conns[d->free_slots[d->nconns - d->conns_used - 1]];
+        RM_ASSERT(o->st == OC_FREE);
         if (!o->mem) {
             size_t arena = SMTPC_ARENA_BYTES(DELIVER_BATCH_RCPTS);
             o->mem = malloc(OC_RX_BYTES + OC_TX_BYTES + arena +
@@ -660,6 +662,39 @@ static struct oconn *oc_alloc(struct deliver *d)
     return NULL;
 }
 
+static void oc_set_idle(struct deliver *d, struct oconn *o)
+{
+    o->st = OC_IDLE;
+    o->idle_since_ms = mono_ms(d);
+    o->idle_prev = NULL;
+    o->idle_next = o->d->idle;
+    if (o->d->idle)
+        o->d->idle->idle_prev = o;
+    o->d->idle = o;
+}
+
+/* Takes an idle connection off its destination's list, for a job or a QUIT. */
+static void oc_unidle(struct oconn *o)
+{
+    RM_ASSERT(o->st == OC_IDLE);
+    if (o->idle_prev)
+        o->idle_prev->idle_next = o->idle_next;
+    else
+        o->d->idle = o->idle_next;
+    if (o->idle_next)
+        o->idle_next->idle_prev = o->idle_prev;
+    o->idle_prev = o->idle_next = NULL;
+    o->st = OC_SMTP;
+}
+
+static void oc_quit_idle(struct deliver *d, struct oconn *o)
+{
+    oc_unidle(o);
+    o->quitting = true;
+    smtpc_quit(&o->sc, mono_ms(d));
+    oc_pump(d, o);
+}
+
 static void oc_release(struct deliver *d, struct oconn *o)
 {
     RM_ASSERT(o->ops == 0 && o->fd < 0 && !o->job);
@@ -668,6 +703,7 @@ static void oc_release(struct deliver *d, struct oconn *o)
     o->st = OC_FREE;
     o->gen++;
     d->conns_used--;
+    d->free_slots[d->nconns - d->conns_used - 1] = (uint32_t)(o - d->conns);
 }
 
 static void oc_connect(struct deliver *d, struct oconn *o);
@@ -703,13 +739,10 @@ static void dest_starve(struct deliver *d, struct ddest *x)
             d->starved_head = x;
         d->starved_tail = x;
     }
-    for (uint32_t i = 0; i < d->nconns; i++) {
+    for (uint32_t i = 0; i < d->nconns; i++) { /* rare: only when every slot is taken */
         struct oconn *o = &d->conns[i];
         if (o->st == OC_IDLE && o->d != x) {
-            o->st = OC_SMTP;
-            o->quitting = true;
-            smtpc_quit(&o->sc, mono_ms(d));
-            oc_pump(d, o);
+            oc_quit_idle(d, o);
             return;
         }
     }
@@ -719,6 +752,8 @@ static void oc_close(struct deliver *d, struct oconn *o)
 {
     if (o->close_on)
         return;
+    if (o->st == OC_IDLE) /* the server closed an idle connection */
+        oc_unidle(o);
     o->st = OC_CLOSING;
     if (o->fd < 0) {
         if (o->ops == 0)
@@ -881,8 +916,7 @@ static void oc_next_job(struct deliver *d, struct oconn *o)
         (void)ev;
         return;
     }
-    o->st = OC_IDLE;
-    o->idle_since_ms = mono_ms(d);
+    oc_set_idle(d, o);
 }
 
 static void oc_event(struct deliver *d, struct oconn *o, enum smtpc_ev ev)
@@ -965,13 +999,13 @@ static void oc_pump(struct deliver *d, struct oconn *o)
 
 static void dest_dispatch(struct deliver *d, struct ddest *x)
 {
-    /* Idle connections first, then new ones within the destination's share. */
-    for (uint32_t i = 0; i < d->nconns && x->head; i++) {
-        struct oconn *o = &d->conns[i];
-        if (o->st == OC_IDLE && o->d == x) {
-            oc_next_job(d, o);
-            oc_pump(d, o);
-        }
+    /* Idle connections first, then new ones within the destination's share.
+     * Each pass takes one off the idle list (for a job, or to quit). */
+    for (unsigned guard = 0; guard < d->nconns && x->head && x->idle; guard++) {
+        struct oconn *o = x->idle;
+        oc_unidle(o);
+        oc_next_job(d, o);
+        oc_pump(d, o);
     }
     while (x->head && x->st == DD_READY && x->nconn < x->conn_max && x->ntargets > 0 &&
            !d->draining) {
@@ -1290,8 +1324,12 @@ static void msg_start(struct deliver *d, struct dmsg *m)
         struct ddest *x = dom.len ? dest_get(d, (const char *)dom.p, dom.len) : NULL;
         struct djob *jb = x ? calloc(1, sizeof(*jb)) : NULL;
         if (!jb) {
-            dres_set(&m->res[i], SMTPC_TEMP, (const uint8_t[]){4, 3, 0}, 0,
-                     rm_span_str(x ? "out of memory" : "too many destinations at once"), NULL);
+            if (dom.len == 0) /* smtpd refuses these; a damaged record is final */
+                dres_set(&m->res[i], SMTPC_PERM, (const uint8_t[]){5, 1, 3}, 0,
+                         rm_span_str("recipient address has no domain"), NULL);
+            else
+                dres_set(&m->res[i], SMTPC_TEMP, (const uint8_t[]){4, 3, 0}, 0,
+                         rm_span_str(x ? "out of memory" : "too many destinations at once"), NULL);
             taken[i] = true;
             continue;
         }
@@ -1583,13 +1621,13 @@ int deliver_new(struct deliver **out, const struct deliver_ctx *ctx, char *err, 
     d->dests = calloc(d->ndest_cap, sizeof(*d->dests));
     d->nconns = RM_MAX(1u, cfg->outbound_max / ctx->nworkers);
     d->conns = calloc(d->nconns, sizeof(*d->conns));
-    if (!d->dests || !d->conns) {
+    d->free_slots = calloc(d->nconns, sizeof(*d->free_slots));
+    if (!d->dests || !d->conns || !d->free_slots) {
         snprintf(err, err_len, "out of memory");
         goto fail;
     }
-    for (uint32_t i = 0; i < d->ndest_cap; i++) {
-        d->dests[i].targets = NULL;
-    }
+    for (uint32_t i = 0; i < d->nconns; i++) /* the stack's top is free_slots[nconns-1] */
+        d->free_slots[i] = d->nconns - 1 - i;
     if (dns_setup(d, err, err_len) != 0)
         goto fail;
     *out = d;
@@ -1633,6 +1671,7 @@ void deliver_free(struct deliver *d)
     sched_fini(&d->sched);
     free(d->dests);
     free(d->conns);
+    free(d->free_slots);
     free(d);
 }
 
@@ -1702,10 +1741,7 @@ void deliver_tick(struct deliver *d)
             oc_pump(d, o);
         } else if (o->st == OC_IDLE &&
                    (d->draining || mono_ms(d) - o->idle_since_ms >= d->c.cfg->conn_idle_ms)) {
-            o->st = OC_SMTP;
-            o->quitting = true;
-            smtpc_quit(&o->sc, mono_ms(d));
-            oc_pump(d, o);
+            oc_quit_idle(d, o);
         }
     }
     start_due(d);
@@ -1758,12 +1794,8 @@ void deliver_drain(struct deliver *d)
     d->draining = true;
     for (uint32_t i = 0; i < d->nconns; i++) {
         struct oconn *o = &d->conns[i];
-        if (o->st == OC_IDLE) {
-            o->st = OC_SMTP;
-            o->quitting = true;
-            smtpc_quit(&o->sc, mono_ms(d));
-            oc_pump(d, o);
-        }
+        if (o->st == OC_IDLE)
+            oc_quit_idle(d, o);
     }
 }
 
