@@ -9,7 +9,8 @@ cd "$(dirname "$0")"
 
 # Everything the build, the tests and the run need, from Debian 12's archive.
 PKGS=(build-essential cmake pkg-config liburing-dev liblmdb-dev lmdb-utils libinih-dev
-      libcmocka-dev libldns-dev python3 swaks openssl iproute2 util-linux
+      libcmocka-dev libldns-dev libwolfssl-dev libcrypt-dev python3 swaks openssl iproute2
+      util-linux
       unbound ldnsutils bind9-dnsutils)
 
 deps() {
