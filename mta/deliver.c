@@ -976,7 +976,9 @@ static void oc_event(struct deliver *d, struct oconn *o, enum smtpc_ev ev)
     }
 }
 
-static void oc_pump(struct deliver *d, struct oconn *o)
+/* Feeds what rx holds to the session (replies may sit there while a body
+ * send is in flight, or arrive together with the server's close). */
+static void oc_feed(struct deliver *d, struct oconn *o)
 {
     for (unsigned guard = 0; guard < 256 && o->st == OC_SMTP && rm_buf_len(&o->rx) > 0; guard++) {
         enum smtpc_ev ev = SMTPC_EV_NONE;
@@ -986,6 +988,11 @@ static void oc_pump(struct deliver *d, struct oconn *o)
         if (n == 0 && ev == SMTPC_EV_NONE)
             break;
     }
+}
+
+static void oc_pump(struct deliver *d, struct oconn *o)
+{
+    oc_feed(d, o);
     if (o->st == OC_SMTP || o->st == OC_IDLE || (o->quitting && o->st != OC_CLOSING)) {
         oc_send(d, o);
         oc_recv(d, o);
@@ -1061,8 +1068,10 @@ static void on_out_cqe(struct deliver *d, enum ud_kind k, struct oconn *o, int r
         if (res > 0) {
             rm_buf_produce(&o->rx, (size_t)res);
         } else if (res != -EINTR && res != -EAGAIN && o->st != OC_CLOSING) {
+            oc_feed(d, o);  /* a last reply may have come with the close */
             o->shut = true; /* EOF or an error: the peer is gone */
-            oc_event(d, o, smtpc_lost(&o->sc, mono_ms(d)));
+            if (o->st == OC_SMTP && !o->quitting)
+                oc_event(d, o, smtpc_lost(&o->sc, mono_ms(d)));
             o->quitting = true;
         }
         break;
