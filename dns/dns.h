@@ -83,6 +83,9 @@
 #define DNS_HOST_ADDRS_MAX     16u   /* addresses kept per MX host, both families */
 #define DNS_ANSWER_RECORDS_MAX 32u   /* records kept of one answer (dns_lookup) */
 #define DNS_ANSWER_BYTES_MAX   4096u /* record data kept of one answer (dns_lookup) */
+#define DNS_MX_SCAN_MAX                                                                            \
+    4096u /* MX records ranked by preference in one answer: a                                      \
+           * 64 KiB answer holds at most ~4,000 */
 /* Record data in one cache entry: fits 16 AAAA or a big provider's MX set;
  * bigger answers are used but not cached (stats.cache_too_big). */
 #define DNS_CACHE_BYTES_MAX            512u

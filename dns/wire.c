@@ -190,6 +190,42 @@ static bool has_ns_authority(const ldns_pkt *p)
     return false;
 }
 
+/* An MX record's preference, or UINT32_MAX when it has none (malformed:
+ * record_add says so). */
+static uint32_t mx_pref(const ldns_rr *rr)
+{
+    const ldns_rdf *pref = rdf_sized(rr, 0, 2);
+    return pref ? (uint32_t)ldns_rdf_data(pref)[0] << 8 | ldns_rdf_data(pref)[1] : UINT32_MAX;
+}
+
+static int cmp_u16(const void *a, const void *b)
+{
+    return (int)*(const uint16_t *)a - (int)*(const uint16_t *)b;
+}
+
+/* When an MX answer holds more records than an rrset keeps, the kept ones
+ * must be the best preferences, not the first in wire order (servers rotate
+ * the order): a dropped best MX could leave only hosts without addresses,
+ * a permanent failure. Returns the preference of the last record that fits
+ * (UINT32_MAX: all fit). */
+static uint32_t mx_cutoff(const ldns_rr_list *ans, const uint8_t *name, size_t len)
+{
+    uint16_t prefs[DNS_MX_SCAN_MAX];
+    size_t n = 0;
+    for (size_t i = 0; i < ldns_rr_list_rr_count(ans) && n < DNS_MX_SCAN_MAX; i++) {
+        const ldns_rr *rr = ldns_rr_list_rr(ans, i);
+        if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_MX || !owner_is(rr, name, len))
+            continue;
+        uint32_t pf = mx_pref(rr);
+        if (pf != UINT32_MAX)
+            prefs[n++] = (uint16_t)pf;
+    }
+    if (n <= DNS_ANSWER_RECORDS_MAX)
+        return UINT32_MAX;
+    qsort(prefs, n, sizeof(prefs[0]), cmp_u16);
+    return prefs[DNS_ANSWER_RECORDS_MAX - 1];
+}
+
 /* Walks the answer section from qname through CNAMEs. Returns false when a
  * record in use is malformed. */
 static bool walk(const ldns_pkt *p, uint8_t rcode, const uint8_t *qname, size_t qlen,
@@ -203,18 +239,31 @@ static bool walk(const ldns_pkt *p, uint8_t rcode, const uint8_t *qname, size_t 
     for (;;) {
         bool found = false;
         const ldns_rr *cname = NULL;
-        for (size_t i = 0; i < count; i++) {
-            const ldns_rr *rr = ldns_rr_list_rr(ans, i);
-            if (ldns_rr_get_class(rr) != LDNS_RR_CLASS_IN || !owner_is(rr, cur, cur_len))
-                continue;
-            uint16_t t = (uint16_t)ldns_rr_get_type(rr);
-            if (t == qtype) {
-                if (!record_add(rrs, qtype, rr))
-                    return false;
-                out->chain_ttl_s = RM_MIN(out->chain_ttl_s, ttl_sane(ldns_rr_ttl(rr)));
-                found = true;
-            } else if (t == LDNS_RR_TYPE_CNAME && !cname) {
-                cname = rr;
+        uint32_t cutoff = qtype == DNS_T_MX ? mx_cutoff(ans, cur, cur_len) : UINT32_MAX;
+        /* Pass 0 takes MX preferences below the cut-off, pass 1 those at it
+         * (ties at the cut-off must not crowd out better ones); one pass
+         * takes everything when all fit. */
+        for (int pass = cutoff == UINT32_MAX ? 1 : 0; pass < 2; pass++) {
+            for (size_t i = 0; i < count; i++) {
+                const ldns_rr *rr = ldns_rr_list_rr(ans, i);
+                if (ldns_rr_get_class(rr) != LDNS_RR_CLASS_IN || !owner_is(rr, cur, cur_len))
+                    continue;
+                uint16_t t = (uint16_t)ldns_rr_get_type(rr);
+                if (t == qtype) {
+                    uint32_t pf = cutoff == UINT32_MAX ? 0 : mx_pref(rr);
+                    if (cutoff != UINT32_MAX && pf != UINT32_MAX &&
+                        (pass == 0 ? pf >= cutoff : pf != cutoff)) {
+                        if (pf > cutoff)
+                            rrs->partial = true; /* dropped: worse than what is kept */
+                        continue;
+                    }
+                    if (!record_add(rrs, qtype, rr))
+                        return false;
+                    out->chain_ttl_s = RM_MIN(out->chain_ttl_s, ttl_sane(ldns_rr_ttl(rr)));
+                    found = true;
+                } else if (pass == 1 && t == LDNS_RR_TYPE_CNAME && !cname) {
+                    cname = rr;
+                }
             }
         }
         if (found) {

@@ -748,6 +748,33 @@ static void more_mx_hosts_than_max_keeps_the_best(void **state)
     h_free(h);
 }
 
+/* 40 MX records, more than an answer keeps (DNS_ANSWER_RECORDS_MAX), the best
+ * one last in wire order: it must be kept (it was dropped, leaving only hosts
+ * without addresses: a permanent NOHOSTS for a deliverable domain). */
+static void best_mx_is_kept_when_an_answer_has_more_records_than_fit(void **state)
+{
+    (void)state;
+    struct h *h = h_new(1);
+    struct zone z = {0};
+    static char rrs[42][96];
+    unsigned n = 0;
+    for (unsigned i = 0; i < 40; i++) {
+        (void)snprintf(rrs[n], sizeof(rrs[n]), "example.com. 300 IN MX 50 filler%02u.example.com.",
+                       i);
+        z.rrs[n] = rrs[n];
+        n++;
+    }
+    (void)snprintf(rrs[n], sizeof(rrs[n]), "example.com. 300 IN MX 5 best.example.com.");
+    z.rrs[n] = rrs[n];
+    n++;
+    (void)snprintf(rrs[n], sizeof(rrs[n]), "best.example.com. 300 IN A 192.0.2.1");
+    z.rrs[n] = rrs[n];
+    struct got *g = route_via_zone(h, "example.com", &z);
+    assert_int_equal(g->outcome, DNS_ROUTE_OK);
+    assert_int_equal(g->hosts[0].pref, 5);
+    h_free(h);
+}
+
 static void duplicate_mx_hosts_keep_the_best_preference(void **state)
 {
     (void)state;
@@ -2236,6 +2263,7 @@ int main(void)
         cmocka_unit_test(addresses_per_host_are_capped),
         cmocka_unit_test(more_mx_hosts_than_max_keeps_the_best),
         cmocka_unit_test(duplicate_mx_hosts_keep_the_best_preference),
+        cmocka_unit_test(best_mx_is_kept_when_an_answer_has_more_records_than_fit),
         cmocka_unit_test(host_whose_aaaa_times_out_keeps_its_a),
         cmocka_unit_test(host_failing_temporarily_is_kept_and_others_used),
         cmocka_unit_test(hosts_without_addresses_give_nohosts),
