@@ -120,7 +120,8 @@ auth = none
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if not os.environ.get("RINGMTA_KEEP_TMP"):  # set it to read a failed run's logs
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class Raw:
