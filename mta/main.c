@@ -16,10 +16,12 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../queue/q.h"
+#include "auth.h"
 #include "cfg.h"
 #include "log.h"
 #include "qtool.h"
@@ -32,9 +34,71 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: ringmta [-c FILE] [--check]        run the daemon (or only check FILE)\n"
                "       ringmta [-c FILE] queue list|count|show ID...|cat ID...\n"
+               "       ringmta passwd USER            a users-file line; password on stdin\n"
                "       ringmta --version\n"
                "Without -c, the built-in defaults: 127.0.0.1 on 587, 465 and 2525, queue in "
                "./var/queue.\n");
+}
+
+/* Reads one line of at most cap-1 octets from stdin, without echo when it
+ * is a terminal. Returns its length, or -1 (EOF, too long). */
+static int read_secret(const char *prompt, char *buf, size_t cap)
+{
+    struct termios old, quiet;
+    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &old) == 0;
+    if (tty) {
+        fprintf(stderr, "%s", prompt);
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    }
+    char *r = fgets(buf, (int)cap, stdin);
+    if (tty) {
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+        fprintf(stderr, "\n");
+    }
+    if (!r)
+        return -1;
+    size_t n = strlen(buf);
+    if (n > 0 && buf[n - 1] == '\n')
+        buf[--n] = '\0';
+    else if (n == cap - 1)
+        return -1; /* longer than the buffer */
+    return (int)n;
+}
+
+/* ringmta passwd USER: a users-file line (SHA-512-crypt) for the password
+ * read from stdin (asked twice on a terminal). */
+static int passwd_main(int argc, char **argv)
+{
+    if (argc != 1) {
+        fprintf(stderr, "usage: ringmta passwd USER   (the password is read from stdin)\n");
+        return 2;
+    }
+    char pw[AUTH_PASSWORD_MAX + 2], again[AUTH_PASSWORD_MAX + 2], line[AUTH_PASSWD_LINE_MAX];
+    int n = read_secret("Password: ", pw, sizeof(pw));
+    if (n > 0 && isatty(STDIN_FILENO)) {
+        int m = read_secret("Again: ", again, sizeof(again));
+        if (m != n || memcmp(pw, again, (size_t)n) != 0) {
+            fprintf(stderr, "ringmta: passwd: the passwords differ\n");
+            return 1;
+        }
+    }
+    if (n <= 0) {
+        fprintf(stderr, "ringmta: passwd: expected a password of 1 to %u octets on stdin\n",
+                AUTH_PASSWORD_MAX);
+        return 1;
+    }
+    int rc = auth_passwd_line(rm_span_str(argv[0]), rm_span_make(pw, (size_t)n), "$6$", line,
+                              sizeof(line));
+    explicit_bzero(pw, sizeof(pw));
+    explicit_bzero(again, sizeof(again));
+    if (rc < 0) {
+        fprintf(stderr, "ringmta: passwd: %s\n", auth_strerror(rc));
+        return 1;
+    }
+    fwrite(line, 1, (size_t)rc, stdout);
+    return 0;
 }
 
 static int mkdir_p(const char *path)
@@ -379,6 +443,8 @@ int main(int argc, char **argv)
             break; /* a subcommand */
         }
     }
+    if (i < argc && strcmp(argv[i], "passwd") == 0) /* needs no configuration */
+        return passwd_main(argc - i - 1, argv + i + 1);
     static struct cfg cfg;
     char err[512];
     cfg_defaults(&cfg);
