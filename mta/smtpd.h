@@ -11,6 +11,16 @@
  *     ev == SMTPD_EV_STORE        a message is complete: smtpd_message() gives id,
  *                                 envelope and body; store it; then smtpd_stored()
  *                                 with the outcome; then feed the rest of rx again.
+ *     ev == SMTPD_EV_STARTTLS     the 220 to STARTTLS is in tx and feed consumed
+ *                                 exactly through the STARTTLS line: send tx (in
+ *                                 clear), DISCARD every byte left in rx (bytes a
+ *                                 client pipelined after STARTTLS are the
+ *                                 command-injection class, RFC 3207 5; CVE-2011-0411),
+ *                                 do the TLS handshake, then smtpd_tls_started().
+ *     ev == SMTPD_EV_AUTH         an AUTH exchange produced credentials:
+ *                                 smtpd_auth_credentials() gives them; verify
+ *                                 (auth_verify); then smtpd_auth_result(); then
+ *                                 feed the rest of rx again.
  *     ev == SMTPD_EV_CLOSE        send what is in tx, then close the connection.
  *   after every send completion:  feed again if rx holds bytes (feeding stops
  *                                 early while tx is nearly full).
@@ -32,6 +42,29 @@
  *   message and never starts a command: the message reads on to the real end
  *   and is refused with 550 5.5.2. Stored messages therefore hold CRLF line
  *   ends only, for DATA and BDAT alike.
+ * - After "AUTH" with a 334 challenge, the next line is the SASL response (not
+ *   a command), decoded by auth.h; "*" cancels (501 5.7.0).
+ *
+ * TLS and AUTH (RFC 3207, RFC 4954). With cfg->tls, cfg->auth and
+ * cfg->auth_ok_without_tls at zero, STARTTLS and AUTH get 502 5.5.1 and nothing
+ * else changes.
+ * - EHLO offers STARTTLS when cfg->tls is SMTPD_TLS_STARTTLS and TLS is not
+ *   active; "AUTH PLAIN LOGIN" when cfg->auth is not NONE and TLS is active (or
+ *   cfg->auth_ok_without_tls).
+ * - STARTTLS: 503 5.5.1 when TLS is already active, 502 5.5.1 when not offered,
+ *   501 5.5.4 with an argument, 503 5.5.1 in a transaction; else 220 2.0.0 and
+ *   SMTPD_EV_STARTTLS.
+ * - AUTH: 502 5.5.1 when cfg->auth is NONE; 503 5.5.1 before EHLO, in a
+ *   transaction or when already authenticated; 538 5.7.11 without TLS (unless
+ *   auth_ok_without_tls); 501 5.5.4 bad syntax; then auth_sasl_start's replies
+ *   (504 5.5.4 unknown mechanism, 334, 501, 500 5.5.6, 535 5.7.8).
+ * - The credentials' outcome: 235 2.7.0 or 535 5.7.8 (an error). Once
+ *   authenticated, relaying is permitted (as relay_ok) and each message's
+ *   env.auth_user names the user. The password never outlives
+ *   smtpd_auth_result() in the session's memory.
+ * - MAIL on an SMTPD_AUTH_REQUIRED listener before AUTH: 530 5.7.0.
+ * - Received: "with ESMTPS" under TLS, "ESMTPA" authenticated, "ESMTPSA" both
+ *   (RFC 3848); UTF8SMTPS/UTF8SMTPA/UTF8SMTPSA alike (RFC 6531).
  */
 #ifndef SMTPD_H
 #define SMTPD_H
@@ -43,6 +76,7 @@
 #include "../common/rm.h"
 #include "../common/rm_pool.h"
 #include "../queue/q.h"
+#include "auth.h"
 #include "smtp.h"
 
 #define SMTPD_COMMAND_LINE_MAX_DEFAULT 2048u /* octets incl. CRLF; Postfix line_length_limit */
@@ -60,9 +94,25 @@
 
 /* Events returned by smtpd_feed. */
 enum smtpd_ev {
-    SMTPD_EV_NONE = 0,  /* need more input (or tx space) */
-    SMTPD_EV_STORE = 1, /* a message is complete: store it, then smtpd_stored() */
-    SMTPD_EV_CLOSE = 2, /* flush tx, then close: QUIT, 421, too many errors */
+    SMTPD_EV_NONE = 0,     /* need more input (or tx space) */
+    SMTPD_EV_STORE = 1,    /* a message is complete: store it, then smtpd_stored() */
+    SMTPD_EV_CLOSE = 2,    /* flush tx, then close: QUIT, 421, too many errors */
+    SMTPD_EV_STARTTLS = 3, /* send tx, discard the rest of rx, handshake, smtpd_tls_started() */
+    SMTPD_EV_AUTH = 4,     /* smtpd_auth_credentials(), verify, smtpd_auth_result() */
+};
+
+/* TLS on a listener; values as enum cfg_tls (mta/cfg.h). */
+enum smtpd_tls {
+    SMTPD_TLS_NONE = 0,     /* clear text only: STARTTLS gets 502 */
+    SMTPD_TLS_STARTTLS = 1, /* offered after EHLO (RFC 3207) */
+    SMTPD_TLS_IMPLICIT = 2, /* TLS from the first byte: the caller sets peer->tls_active */
+};
+
+/* AUTH on a listener; values as enum cfg_auth (mta/cfg.h). */
+enum smtpd_auth {
+    SMTPD_AUTH_NONE = 0,     /* AUTH gets 502 */
+    SMTPD_AUTH_OPTIONAL = 1, /* offered under TLS; relay needs relay_ok or AUTH */
+    SMTPD_AUTH_REQUIRED = 2, /* MAIL needs AUTH first: 530 5.7.0 */
 };
 
 /* Per listener, read-only, outlives every session on it. */
@@ -74,6 +124,9 @@ struct smtpd_cfg {
     uint32_t command_line_max; /* octets incl. CRLF; 500 5.5.2 beyond */
     uint32_t text_line_max;    /* octets excl. CRLF in the content; 554 5.6.0 beyond */
     uint32_t errors_max;       /* error replies (4xx/5xx to commands) before 421 4.7.0 */
+    enum smtpd_tls tls;        /* NONE by default */
+    enum smtpd_auth auth;      /* NONE by default */
+    bool auth_ok_without_tls;  /* offer and take AUTH in clear text too (tests, loopback) */
 };
 
 /* Per session memory, owned by the caller's connection slot; must outlive
@@ -90,7 +143,8 @@ struct smtpd_mem {
 
 struct smtpd_peer {
     const char *addr; /* client IP as text, NUL-terminated, outlives the session */
-    bool relay_ok;    /* may relay: client in trusted_networks (later: or authenticated) */
+    bool relay_ok;    /* may relay: client in trusted_networks (or authenticated, see AUTH) */
+    bool tls_active;  /* TLS from the start (implicit TLS); smtpd_tls_started() sets it too */
 };
 
 /* Counters of one session, for the caller's one log line at close. */
@@ -124,7 +178,12 @@ struct smtpd {
     struct q_id id;             /* of the current transaction, made at DATA/first BDAT */
     struct q_env env;           /* being built; strings in mem.arena, helo in helo_buf */
     size_t helo_len;            /* octets in helo_buf; 0 before EHLO/HELO */
-    uint8_t helo_buf[SMTP_DOMAIN_MAX]; /* EHLO/HELO argument, kept across transactions */
+    uint8_t helo_buf[SMTP_DOMAIN_MAX];    /* EHLO/HELO argument, kept across transactions */
+    struct rm_span cred_user;             /* borrowed from sasl: from EV_AUTH to auth_result */
+    struct rm_span cred_password;         /* borrowed from sasl: from EV_AUTH to auth_result */
+    size_t auth_user_len;                 /* octets in auth_user_buf; 0 unless authenticated */
+    uint8_t auth_user_buf[AUTH_USER_MAX]; /* the authenticated user, until TLS starts */
+    struct auth_sasl sasl;                /* the exchange; wiped when it ends (holds a password) */
 };
 
 /* Starts a session: queues "220 hostname ESMTP ringmta". */
@@ -149,6 +208,31 @@ void smtpd_message(const struct smtpd *s, struct q_id *id, const struct q_env **
  * pool and resets the transaction (the session keeps its EHLO). After
  * smtpd_close_with() during a store it queues nothing, but must still be called. */
 void smtpd_stored(struct smtpd *s, int status, uint64_t now_ms);
+
+/* After SMTPD_EV_STARTTLS, once the TLS handshake is done: resets the session
+ * as after a fresh connection but without a greeting (RFC 3207 4.2: the EHLO,
+ * any transaction and any authentication are forgotten; the client must send
+ * EHLO again) and marks TLS active. The caller must have discarded every rx
+ * byte after the STARTTLS line. On a closed session (drained meanwhile) it
+ * does nothing. */
+void smtpd_tls_started(struct smtpd *s, uint64_t now_ms);
+
+/* After SMTPD_EV_AUTH and until smtpd_auth_result(): the credentials, user
+ * and password (1..AUTH_USER_MAX / 1..AUTH_PASSWORD_MAX octets, no NUL, not
+ * NUL-terminated). Borrowed from the session; never log the password. */
+void smtpd_auth_credentials(const struct smtpd *s, struct rm_span *user, struct rm_span *password);
+
+/* The verification outcome: ok queues "235 2.7.0 Authentication successful"
+ * and the session is authenticated as the user (kept across transactions,
+ * recorded as env.auth_user, relaying permitted); not ok queues "535 5.7.8
+ * Authentication credentials invalid" (an error, counted for errors_max).
+ * Either way the credentials are wiped from the session's memory. After
+ * smtpd_close_with() during the exchange it queues nothing, but still wipes.
+ * Must be called once after each SMTPD_EV_AUTH. */
+void smtpd_auth_result(struct smtpd *s, bool ok, uint64_t now_ms);
+
+/* True once AUTH succeeded (until TLS starts). */
+bool smtpd_authenticated(const struct smtpd *s);
 
 /* Queues r (a 421) and closes: feed consumes nothing more and returns
  * SMTPD_EV_CLOSE. Used for the idle timeout (421 4.4.2), refused connections

@@ -41,6 +41,7 @@ struct stored {
     char client[64];
     char helo[300];
     char listener[64];
+    char auth_user[300];
     uint64_t arrival_ms;
     uint64_t next_attempt_ms;
     uint64_t size;
@@ -50,8 +51,11 @@ struct h {
     struct smtpd_cfg cfg;
     struct smtpd_peer peer;
     size_t tx_cap;
-    bool manual_store; /* leave STORE outstanding for the test to answer */
-    int store_status;  /* what auto-answered stores get */
+    bool manual_store;     /* leave STORE outstanding for the test to answer */
+    int store_status;      /* what auto-answered stores get */
+    bool manual_tls;       /* leave EV_STARTTLS for the test (else: discard rx, tls_started) */
+    const char *good_user; /* EV_AUTH succeeds for these credentials */
+    const char *good_password;
 
     struct rm_pool pool;
     uint8_t *txmem;
@@ -70,6 +74,11 @@ struct h {
     bool closed;
     unsigned stores;
     struct stored st[STORES_MAX];
+    unsigned starttls_events;
+    size_t rx_discarded; /* octets dropped after STARTTLS, as the worker must */
+    unsigned auth_events;
+    char cred_user[300];
+    char cred_password[600];
 };
 
 static struct h *h_new(void)
@@ -196,7 +205,9 @@ static void h_capture(struct h *h)
     copy_span(st->client, sizeof(st->client), env->client);
     copy_span(st->helo, sizeof(st->helo), env->helo);
     copy_span(st->listener, sizeof(st->listener), env->listener);
-    assert_int_equal(env->auth_user.len, 0);
+    copy_span(st->auth_user, sizeof(st->auth_user), env->auth_user);
+    if (!smtpd_authenticated(&h->s))
+        assert_int_equal(env->auth_user.len, 0);
     st->rcpt_count = env->rcpt_count;
     st->flags = env->flags;
     st->ret = env->ret;
@@ -251,6 +262,26 @@ static void h_pump(struct h *h)
             assert_true(smtpd_closing(&h->s));
             h->closed = true;
             return;
+        case SMTPD_EV_STARTTLS:
+            h->starttls_events++;
+            if (h->manual_tls)
+                return;
+            /* The worker's duty: what followed STARTTLS came in clear, drop it. */
+            h->rx_discarded += h->rx_len;
+            h->rx_len = 0;
+            smtpd_tls_started(&h->s, NOW_MS);
+            break;
+        case SMTPD_EV_AUTH: {
+            h->auth_events++;
+            struct rm_span u, pw;
+            smtpd_auth_credentials(&h->s, &u, &pw);
+            copy_span(h->cred_user, sizeof(h->cred_user), u);
+            copy_span(h->cred_password, sizeof(h->cred_password), pw);
+            bool ok = h->good_user && strcmp(h->cred_user, h->good_user) == 0 &&
+                      strcmp(h->cred_password, h->good_password) == 0;
+            smtpd_auth_result(&h->s, ok, NOW_MS);
+            break;
+        }
         }
     }
     fail_msg("the session does not settle");
@@ -1857,6 +1888,503 @@ static void queued_replies_are_never_moved(void **state)
     h_expect_nothing(h);
 }
 
+/* ---- STARTTLS and AUTH ---------------------------------------------------- */
+
+#define PLAIN_ALICE_SECRET "AGFsaWNlAHNlY3JldA==" /* "\0alice\0secret" */
+#define PLAIN_ALICE_WRONG  "AGFsaWNlAHdyb25n"     /* "\0alice\0wrong" */
+
+/* A submission-like listener: STARTTLS offered, AUTH optional, no relay by IP. */
+static void h_submission(struct h *h, enum smtpd_auth auth)
+{
+    h->cfg.tls = SMTPD_TLS_STARTTLS;
+    h->cfg.auth = auth;
+    h->peer.relay_ok = false;
+    h->good_user = "alice";
+    h->good_password = "secret";
+}
+
+/* Reads one EHLO reply; returns its keyword lines joined by "|". */
+static const char *h_ehlo_keywords(struct h *h)
+{
+    static char all[1024];
+    size_t n = 0;
+    all[0] = '\0';
+    const char *line = h_line(h);
+    assert_non_null(line);
+    assert_true(strncmp(line, "250-" HOST, 4 + strlen(HOST)) == 0);
+    for (;;) {
+        line = h_line(h);
+        assert_non_null(line);
+        assert_true(strncmp(line, "250", 3) == 0);
+        int k = snprintf(all + n, sizeof(all) - n, "%s%s", n ? "|" : "", line + 4);
+        assert_true(k > 0 && (size_t)k < sizeof(all) - n);
+        n += (size_t)k;
+        if (line[3] == ' ')
+            return all;
+    }
+}
+
+/* Greeted, EHLO, STARTTLS done, EHLO again under TLS. */
+static void h_tls_ready(struct h *h)
+{
+    h_start(h);
+    h_expect(h, "220 " HOST " ESMTP ringmta");
+    h_send(h, "EHLO client.example\r\n");
+    (void)h_ehlo_keywords(h);
+    h_send(h, "STARTTLS\r\n");
+    h_expect(h, "220 2.0.0 Ready to start TLS");
+    assert_int_equal(h->starttls_events, 1);
+    h_send(h, "EHLO client.example\r\n");
+    (void)h_ehlo_keywords(h);
+}
+
+static void ehlo_offers_starttls_in_clear_and_not_under_tls(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_NONE);
+    h_start(h);
+    h_expect(h, "220 ");
+    h_send(h, "EHLO client.example\r\n");
+    assert_string_equal(h_ehlo_keywords(h), "PIPELINING|SIZE 1048576|8BITMIME|SMTPUTF8|"
+                                            "ENHANCEDSTATUSCODES|DSN|STARTTLS|CHUNKING");
+    h_send(h, "STARTTLS\r\n");
+    h_expect(h, "220 2.0.0 Ready to start TLS");
+    h_expect_nothing(h); /* no new greeting after the handshake (RFC 3207 4.2) */
+    h_send(h, "EHLO client.example\r\n");
+    assert_string_equal(h_ehlo_keywords(h), "PIPELINING|SIZE 1048576|8BITMIME|SMTPUTF8|"
+                                            "ENHANCEDSTATUSCODES|DSN|CHUNKING");
+    h_send(h, "STARTTLS\r\n");
+    h_expect(h, "503 5.5.1 ");
+}
+
+static void auth_is_offered_only_under_tls(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_start(h);
+    h_expect(h, "220 ");
+    h_send(h, "EHLO client.example\r\n");
+    assert_null(strstr(h_ehlo_keywords(h), "AUTH"));
+    h_send(h, "STARTTLS\r\n");
+    h_expect(h, "220 2.0.0 ");
+    h_send(h, "EHLO client.example\r\n");
+    assert_string_equal(h_ehlo_keywords(h), "PIPELINING|SIZE 1048576|8BITMIME|SMTPUTF8|"
+                                            "ENHANCEDSTATUSCODES|DSN|AUTH PLAIN LOGIN|CHUNKING");
+}
+
+static void implicit_tls_offers_auth_and_refuses_starttls(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h->cfg.tls = SMTPD_TLS_IMPLICIT;
+    h->peer.tls_active = true;
+    h_start(h);
+    h_expect(h, "220 " HOST " ESMTP ringmta");
+    h_send(h, "EHLO client.example\r\n");
+    assert_string_equal(h_ehlo_keywords(h), "PIPELINING|SIZE 1048576|8BITMIME|SMTPUTF8|"
+                                            "ENHANCEDSTATUSCODES|DSN|AUTH PLAIN LOGIN|CHUNKING");
+    h_send(h, "STARTTLS\r\n");
+    h_expect(h, "503 5.5.1 ");
+    assert_int_equal(h->starttls_events, 0);
+}
+
+static void starttls_refusals(void **state)
+{
+    struct h *h = *state;
+    h_ready(h); /* tls NONE: as before, not implemented */
+    h_send(h, "STARTTLS\r\n");
+    h_expect(h, "502 5.5.1 ");
+    h_stop(h);
+    h->out_pos = h->out_len;
+    h_submission(h, SMTPD_AUTH_NONE);
+    h_start(h);
+    h_expect(h, "220 ");
+    h_send(h, "EHLO client.example\r\n");
+    (void)h_ehlo_keywords(h);
+    h_send(h, "STARTTLS now\r\n");
+    h_expect(h, "501 5.5.4 ");
+    h->peer.relay_ok = true;
+    h_send(h, "MAIL FROM:<a@example.org>\r\nSTARTTLS\r\n");
+    h_expect(h, "250 2.1.0 ");
+    h_expect(h, "503 5.5.1 ");
+    h_expect_nothing(h);
+    assert_int_equal(h->starttls_events, 0);
+}
+
+static void starttls_consumes_exactly_its_line_and_never_runs_what_follows(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_NONE);
+    h->peer.relay_ok = true;
+    h_start(h);
+    h_expect(h, "220 ");
+    h_send(h, "EHLO client.example\r\n");
+    (void)h_ehlo_keywords(h);
+    static const char in[] = "STARTTLS\r\nMAIL FROM:<evil@example.org>\r\n"
+                             "RCPT TO:<victim@example.com>\r\n";
+    enum smtpd_ev ev;
+    size_t n = smtpd_feed(&h->s, (const uint8_t *)in, strlen(in), NOW_MS, &ev);
+    assert_int_equal(ev, SMTPD_EV_STARTTLS);
+    assert_int_equal(n, strlen("STARTTLS\r\n"));
+    /* Fed again before the handshake: still nothing taken. */
+    n = smtpd_feed(&h->s, (const uint8_t *)in + n, strlen(in) - n, NOW_MS, &ev);
+    assert_int_equal(ev, SMTPD_EV_STARTTLS);
+    assert_int_equal(n, 0);
+    h_collect(h);
+    h_expect(h, "220 2.0.0 Ready to start TLS");
+    h_expect_nothing(h);
+    smtpd_tls_started(&h->s, NOW_MS);
+    h_collect(h);
+    h_expect_nothing(h);
+    /* The old EHLO is forgotten: MAIL needs a new one. */
+    h_send(h, "MAIL FROM:<a@example.org>\r\n");
+    h_expect(h, "503 5.5.1 ");
+    h_send(h, "EHLO client.example\r\n");
+    (void)h_ehlo_keywords(h);
+    h_send(h, "MAIL FROM:<a@example.org>\r\n");
+    h_expect(h, "250 2.1.0 ");
+}
+
+static void pumped_starttls_drops_the_pipelined_bytes(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_NONE);
+    h->peer.relay_ok = true;
+    h_start(h);
+    h_expect(h, "220 ");
+    h_send(h, "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n");
+    (void)h_ehlo_keywords(h);
+    h_expect(h, "220 2.0.0 ");
+    h_expect_nothing(h);
+    assert_int_equal(h->rx_discarded,
+                     strlen("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"));
+}
+
+static void auth_in_clear_gets_538(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_start(h);
+    h_expect(h, "220 ");
+    h_send(h, "EHLO client.example\r\n");
+    (void)h_ehlo_keywords(h);
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "538 5.7.11 Encryption required for requested authentication mechanism");
+    assert_int_equal(h->auth_events, 0);
+    assert_false(smtpd_authenticated(&h->s));
+}
+
+static void auth_without_tls_when_allowed_is_offered_and_taken(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h->cfg.auth_ok_without_tls = true;
+    h_start(h);
+    h_expect(h, "220 ");
+    h_send(h, "EHLO client.example\r\n");
+    assert_non_null(strstr(h_ehlo_keywords(h), "AUTH PLAIN LOGIN"));
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "235 2.7.0 ");
+}
+
+static void auth_plain_with_initial_response_authenticates_and_relays(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    assert_int_equal(h->auth_events, 1);
+    assert_string_equal(h->cred_user, "alice");
+    assert_string_equal(h->cred_password, "secret");
+    h_expect(h, "235 2.7.0 Authentication successful");
+    assert_true(smtpd_authenticated(&h->s));
+    /* The password is gone from the session's memory. */
+    assert_null(memmem(&h->s, sizeof(h->s), "secret", 6));
+    h_send(h, "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
+              "Subject: hi\r\n\r\nbody\r\n.\r\n");
+    h_expect(h, "250 2.1.0 ");
+    h_expect(h, "250 2.1.5 ");
+    h_expect(h, "354 ");
+    h_expect(h, "250 2.0.0 Ok: queued as ");
+    assert_int_equal(h->stores, 1);
+    assert_string_equal(h->st[0].auth_user, "alice");
+    assert_non_null(strstr((const char *)h->st[0].body, "(ringmta) with ESMTPSA id "));
+    assert_body_after_received(&h->st[0], "Subject: hi\r\n\r\nbody\r\n");
+    /* Kept across transactions. */
+    h_send(h, "MAIL FROM:<alice@example.org>\r\nRCPT TO:<carol@example.com>\r\n");
+    h_expect(h, "250 2.1.0 ");
+    h_expect(h, "250 2.1.5 ");
+}
+
+static void received_says_esmtps_under_tls_without_auth(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_NONE);
+    h->peer.relay_ok = true;
+    h_tls_ready(h);
+    h_send(h, "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nx\r\n.\r\n");
+    h_expect(h, "250 2.1.0 ");
+    h_expect(h, "250 2.1.5 ");
+    h_expect(h, "354 ");
+    h_expect(h, "250 2.0.0 ");
+    assert_non_null(strstr((const char *)h->st[0].body, "(ringmta) with ESMTPS id "));
+    assert_string_equal(h->st[0].auth_user, "");
+}
+
+static void received_says_utf8smtpsa_for_smtputf8_authenticated(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_REQUIRED);
+    h_tls_ready(h);
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "235 2.7.0 ");
+    h_send(h, "MAIL FROM:<a@example.org> SMTPUTF8\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+              "x\r\n.\r\n");
+    h_expect(h, "250 2.1.0 ");
+    h_expect(h, "250 2.1.5 ");
+    h_expect(h, "354 ");
+    h_expect(h, "250 2.0.0 ");
+    assert_non_null(strstr((const char *)h->st[0].body, "(ringmta) with UTF8SMTPSA id "));
+}
+
+static void auth_login_takes_two_steps(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    h_send(h, "AUTH LOGIN\r\n");
+    h_expect(h, "334 VXNlcm5hbWU6");
+    h_send(h, "YWxpY2U=\r\n");
+    h_expect(h, "334 UGFzc3dvcmQ6");
+    assert_int_equal(h->auth_events, 0);
+    h_send(h, "c2VjcmV0\r\n");
+    assert_int_equal(h->auth_events, 1);
+    h_expect(h, "235 2.7.0 ");
+    h_expect_nothing(h);
+    assert_true(smtpd_authenticated(&h->s));
+}
+
+static void auth_plain_without_initial_response_gets_empty_334(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    h_send(h, "AUTH PLAIN\r\n");
+    h_expect(h, "334 ");
+    /* a command now is a (bad) SASL response, never a command */
+    h_send(h, "MAIL FROM:<a@example.org>\r\n");
+    h_expect(h, "501 5.5.2 ");
+    h_send(h, "AUTH PLAIN\r\n" PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "334 ");
+    h_expect(h, "235 2.7.0 ");
+}
+
+static void wrong_password_gets_535_and_mail_then_gets_530(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_REQUIRED);
+    h_tls_ready(h);
+    uint32_t errors = h->s.stats.errors;
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_WRONG "\r\n");
+    h_expect(h, "535 5.7.8 Authentication credentials invalid");
+    assert_int_equal(h->s.stats.errors, errors + 1);
+    assert_false(smtpd_authenticated(&h->s));
+    assert_null(memmem(&h->s, sizeof(h->s), "wrong", 5));
+    h_send(h, "MAIL FROM:<a@example.org>\r\n");
+    h_expect(h, "530 5.7.0 Authentication required");
+    /* a second try is allowed */
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "235 2.7.0 ");
+}
+
+static void mail_without_auth_on_required_listener_gets_530(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_REQUIRED);
+    h->peer.relay_ok = true; /* trusted networks do not replace AUTH where it is required */
+    h_tls_ready(h);
+    h_send(h, "MAIL FROM:<a@example.org>\r\n");
+    h_expect(h, "530 5.7.0 ");
+}
+
+static void relay_without_auth_or_relay_ok_gets_554(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    h_send(h, "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n");
+    h_expect(h, "250 2.1.0 ");
+    h_expect(h, "554 5.7.1 ");
+}
+
+static void auth_twice_gets_503(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "235 2.7.0 ");
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "503 5.5.1 ");
+    assert_int_equal(h->auth_events, 1);
+}
+
+static void auth_during_a_transaction_gets_503(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    h_send(h, "MAIL FROM:<a@example.org>\r\nAUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "250 2.1.0 ");
+    h_expect(h, "503 5.5.1 ");
+    assert_int_equal(h->auth_events, 0);
+}
+
+static void auth_refusals_before_the_exchange(void **state)
+{
+    struct h *h = *state;
+    h_ready(h); /* auth NONE: as before, not implemented */
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "502 5.5.1 ");
+    h_stop(h);
+    h->out_pos = h->out_len;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h->cfg.tls = SMTPD_TLS_IMPLICIT;
+    h->peer.tls_active = true;
+    h_start(h);
+    h_expect(h, "220 ");
+    h_send(h, "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "503 5.5.1 "); /* before EHLO */
+    h_send(h, "HELO c\r\nAUTH PLAIN " PLAIN_ALICE_SECRET "\r\n");
+    h_expect(h, "250 ");
+    h_expect(h, "503 5.5.1 "); /* AUTH is an extension: EHLO first */
+    h_send(h, "EHLO c\r\n");
+    (void)h_ehlo_keywords(h);
+    h_send(h, "AUTH CRAM-MD5\r\nAUTH\r\nAUTH PLAIN a b\r\n");
+    h_expect(h, "504 5.5.4 ");
+    h_expect(h, "501 5.5.4 ");
+    h_expect(h, "501 5.5.4 ");
+    assert_int_equal(h->auth_events, 0);
+}
+
+static void auth_cancel_gets_501_570(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    h_send(h, "AUTH LOGIN\r\n");
+    h_expect(h, "334 ");
+    h_send(h, "*\r\nNOOP\r\n");
+    h_expect(h, "501 5.7.0 ");
+    h_expect(h, "250 2.0.0 ");
+    assert_false(smtpd_authenticated(&h->s));
+}
+
+static void over_long_sasl_response_gets_500_556_and_resyncs(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    h_send(h, "AUTH PLAIN\r\n");
+    h_expect(h, "334 ");
+    static char line[3 * SMTPD_COMMAND_LINE_MAX_DEFAULT];
+    memset(line, 'A', sizeof(line) - 3);
+    memcpy(line + sizeof(line) - 3, "\r\n", 3);
+    h_send(h, line);
+    h_send(h, "NOOP\r\n");
+    h_expect(h, "500 5.5.6 ");
+    h_expect(h, "250 2.0.0 ");
+    h_expect_nothing(h);
+}
+
+static void drain_during_auth_exchange_closes_with_421(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    h_send(h, "AUTH LOGIN\r\n");
+    h_expect(h, "334 ");
+    h_send(h, "YWxpY2U=\r\n");
+    h_expect(h, "334 ");
+    assert_true(smtpd_drain(&h->s));
+    h_collect(h);
+    h_expect(h, "421 4.3.2 ");
+    h_send(h, "c2VjcmV0\r\n");
+    assert_true(h->closed);
+    assert_int_equal(h->auth_events, 0);
+    assert_null(memmem(&h->s, sizeof(h->s), "alice", 5));
+}
+
+static void close_while_credentials_are_out_wipes_them(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_OPTIONAL);
+    h_tls_ready(h);
+    static const char in[] = "AUTH PLAIN " PLAIN_ALICE_SECRET "\r\n";
+    enum smtpd_ev ev;
+    size_t n = smtpd_feed(&h->s, (const uint8_t *)in, strlen(in), NOW_MS, &ev);
+    assert_int_equal(n, strlen(in));
+    assert_int_equal(ev, SMTPD_EV_AUTH);
+    static const struct smtp_reply bye = {421, {4, 4, 2}, "Idle timeout"};
+    smtpd_close_with(&h->s, &bye);
+    smtpd_auth_result(&h->s, true, NOW_MS);
+    h_collect(h);
+    h_expect(h, "421 4.4.2 ");
+    h_expect_nothing(h);
+    assert_false(smtpd_authenticated(&h->s));
+    assert_null(memmem(&h->s, sizeof(h->s), "secret", 6));
+}
+
+/* The whole conversation, as one feed and byte by byte: same replies. */
+static const char tls_auth_conversation[] = "EHLO client.example\r\nSTARTTLS\r\n";
+static const char tls_auth_after_handshake[] =
+    "EHLO client.example\r\nAUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\n"
+    "MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
+    "Subject: x\r\n\r\n.. dot\r\nbody\r\n.\r\nQUIT\r\n";
+
+static void starttls_auth_conversation_is_the_same_bytewise(void **state)
+{
+    struct h *h = *state;
+    h_submission(h, SMTPD_AUTH_REQUIRED);
+    h_start(h);
+    h_send(h, tls_auth_conversation);
+    h_send(h, tls_auth_after_handshake);
+    assert_true(h->closed);
+    assert_int_equal(h->stores, 1);
+    char whole[4096];
+    assert_true(h->out_len < sizeof(whole));
+    memcpy(whole, h->out, h->out_len + 1);
+    char body[1024];
+    assert_true(h->st[0].len < sizeof(body));
+    memcpy(body, h->st[0].body, h->st[0].len);
+    size_t body_len = h->st[0].len;
+    assert_non_null(strstr(whole, "\r\n235 2.7.0 "));
+    assert_non_null(strstr(whole, "\r\n221 2.0.0 "));
+    assert_string_equal(h->st[0].auth_user, "alice");
+    h_stop(h);
+
+    h->out_len = 0;
+    h->out_pos = 0;
+    h->out[0] = '\0';
+    h->closed = false;
+    h->stores = 0;
+    h->starttls_events = 0;
+    h->auth_events = 0;
+    h_start(h);
+    for (size_t i = 0; tls_auth_conversation[i]; i++)
+        h_send_n(h, tls_auth_conversation + i, 1);
+    for (size_t i = 0; tls_auth_after_handshake[i]; i++)
+        h_send_n(h, tls_auth_after_handshake + i, 1);
+    assert_true(h->closed);
+    assert_int_equal(h->starttls_events, 1);
+    assert_int_equal(h->auth_events, 1);
+    assert_int_equal(h->stores, 1);
+    assert_string_equal(h->out, whole);
+    assert_int_equal(h->st[0].len, body_len);
+    /* the ids differ in nothing either: same idgen seed */
+    assert_memory_equal(h->st[0].body, body, body_len);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1933,6 +2461,30 @@ int main(void)
         T(pipelined_transaction_is_the_same_whole_bytewise_and_split),
         T(tx_backpressure_stops_pipelined_noops),
         T(queued_replies_are_never_moved),
+        T(ehlo_offers_starttls_in_clear_and_not_under_tls),
+        T(auth_is_offered_only_under_tls),
+        T(implicit_tls_offers_auth_and_refuses_starttls),
+        T(starttls_refusals),
+        T(starttls_consumes_exactly_its_line_and_never_runs_what_follows),
+        T(pumped_starttls_drops_the_pipelined_bytes),
+        T(auth_in_clear_gets_538),
+        T(auth_without_tls_when_allowed_is_offered_and_taken),
+        T(auth_plain_with_initial_response_authenticates_and_relays),
+        T(received_says_esmtps_under_tls_without_auth),
+        T(received_says_utf8smtpsa_for_smtputf8_authenticated),
+        T(auth_login_takes_two_steps),
+        T(auth_plain_without_initial_response_gets_empty_334),
+        T(wrong_password_gets_535_and_mail_then_gets_530),
+        T(mail_without_auth_on_required_listener_gets_530),
+        T(relay_without_auth_or_relay_ok_gets_554),
+        T(auth_twice_gets_503),
+        T(auth_during_a_transaction_gets_503),
+        T(auth_refusals_before_the_exchange),
+        T(auth_cancel_gets_501_570),
+        T(over_long_sasl_response_gets_500_556_and_resyncs),
+        T(drain_during_auth_exchange_closes_with_421),
+        T(close_while_credentials_are_out_wipes_them),
+        T(starttls_auth_conversation_is_the_same_bytewise),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
