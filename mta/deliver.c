@@ -95,7 +95,8 @@ struct ddest {
     bool starved;       /* on the engine's starved list: waits for a free slot */
     bool tomb;          /* evicted: !used, but lookups probe past it */
     struct oconn *idle; /* its idle connections (a destination is not evicted with any) */
-    const void *mark;   /* msg_start: already kicked for this message */
+    uint64_t mark;      /* msg_start: kicked for the message with this sequence
+                         * number (not its address: malloc reuses addresses) */
     struct ddest *next_starved;
 };
 
@@ -183,6 +184,7 @@ struct deliver {
     struct ddest *starved_head, *starved_tail; /* destinations waiting for a free slot, FIFO */
     struct dmsg *retry_head; /* messages whose queue request failed: submitted again each tick */
     int load_err;            /* why the last dmsg_load failed */
+    uint64_t start_seq;      /* msg_start calls, for ddest.mark */
     bool draining;
     uint64_t rnd;
     char line[LOG_LINE_MAX];
@@ -1326,6 +1328,7 @@ static void msg_start(struct deliver *d, struct dmsg *m)
     struct ddest **touched = calloc(n, sizeof(*touched));
     uint32_t ntouched = 0;
     m->jobs_left = 1; /* a hold while the jobs are made */
+    uint64_t seq = ++d->start_seq;
     for (uint32_t i = 0; taken && touched && i < n; i++) {
         if (m->rcpts[i].state != Q_RCPT_PENDING || taken[i])
             continue;
@@ -1360,8 +1363,8 @@ static void msg_start(struct deliver *d, struct dmsg *m)
             x->head = jb;
         x->tail = jb;
         x->queued++;
-        if (x->mark != m) { /* kicked once per message (a big domain gets several jobs) */
-            x->mark = m;
+        if (x->mark != seq) { /* kicked once per message (a big domain gets several jobs) */
+            x->mark = seq;
             touched[ntouched++] = x;
         }
     }
