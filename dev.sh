@@ -2,7 +2,7 @@
 # ringmta developer entry point; the README's two commands use it.
 #   ./dev.sh run [ringmta args]   install packages, build (release), run in the foreground
 #   ./dev.sh test                 install packages, build, run the whole ctest suite
-#                                 (release build, then the ASan+UBSan "dev" build)
+#                                 (release build, then ASan+UBSan, then TSan)
 #   ./dev.sh deps | build [preset]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -49,6 +49,9 @@ test)
     # ASan+UBSan: the same suite, every test, under the sanitizers.
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
         ctest --preset dev -j2
+    build tsan
+    # ThreadSanitizer: a race makes the daemon exit non-zero, which fails its test.
+    TSAN_OPTIONS=halt_on_error=1 ctest --preset tsan -j2
     ;;
 *)
     sed -n '2,8p' "$0" >&2
