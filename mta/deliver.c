@@ -21,6 +21,8 @@
 #define OC_TX_BYTES   (4u * SMTPC_CMD_MAX)
 #define OC_IOV_MAX    64u
 #define DRES_TEXT_MAX 300u /* octets of a reply text kept per recipient */
+static_assert(DELIVER_DNS_SENDS <= UINT16_MAX + 1u, "dsend_free holds 16-bit indices");
+
 #define TARGETS_MAX                                                                                \
     32u /* addresses tried per destination, in order: no sender                                    \
          * tries more in one attempt; ~12 KiB per destination */
@@ -170,6 +172,8 @@ struct deliver {
     struct dns_resolver *dns;
     struct dns_sock dsock[2];
     struct dns_send dsend[DELIVER_DNS_SENDS];
+    uint16_t dsend_free[DELIVER_DNS_SENDS]; /* stack of free send buffers; top at
+                                             * DELIVER_DNS_SENDS - dns_sends - 1 */
     struct dns_tcp dtcp[DELIVER_DNS_TCP];
     uint32_t dns_tcp_busy;
     struct ddest *dests;
@@ -1143,6 +1147,19 @@ static void submit(struct deliver *d, struct q_req *r)
     d->reqs_inflight++;
 }
 
+/* The message's last queue request: delete it when every recipient is final,
+ * else store the updated envelope (after its DSN, if one was owed). */
+static void msg_submit_outcome(struct deliver *d, struct dmsg *m)
+{
+    m->phase = DM_COMMIT;
+    memset(&m->req, 0, sizeof(m->req));
+    m->req.op = m->final ? Q_OP_DELETE : Q_OP_UPDATE;
+    m->req.id = m->id;
+    m->req.env = &m->env;
+    m->req.old_due_ms = m->due_ms;
+    submit(d, &m->req);
+}
+
 /* Applies this attempt's outcomes to the envelope; builds the DSN. */
 static void msg_commit(struct deliver *d, struct dmsg *m)
 {
@@ -1262,13 +1279,7 @@ static void msg_commit(struct deliver *d, struct dmsg *m)
                          dsn_strerror(rc));
     }
     free(dr);
-    m->phase = DM_COMMIT;
-    memset(&m->req, 0, sizeof(m->req));
-    m->req.op = m->final ? Q_OP_DELETE : Q_OP_UPDATE;
-    m->req.id = m->id;
-    m->req.env = e;
-    m->req.old_due_ms = m->due_ms;
-    submit(d, &m->req);
+    msg_submit_outcome(d, m);
 }
 
 void deliver_req_done(struct deliver *d, struct q_req *r)
@@ -1289,13 +1300,7 @@ void deliver_req_done(struct deliver *d, struct q_req *r)
         sched_add(&d->sched, m->benv->env.next_attempt_ms, &r->id);
         rm_pool_put_chain(d->c.pool, m->dsn_body);
         m->dsn_body = NULL;
-        m->phase = DM_COMMIT;
-        memset(&m->req, 0, sizeof(m->req));
-        m->req.op = m->final ? Q_OP_DELETE : Q_OP_UPDATE;
-        m->req.id = m->id;
-        m->req.env = &m->env;
-        m->req.old_due_ms = m->due_ms;
-        submit(d, &m->req);
+        msg_submit_outcome(d, m);
         return;
     }
     sched_done(&d->sched, &m->id);
@@ -1512,14 +1517,14 @@ static void dns_pump(struct deliver *d)
             continue;
         }
         unsigned fam = io.addr->sa_family == AF_INET6 ? 1 : 0;
-        struct dns_send *b = NULL;
-        for (unsigned i = 0; i < DELIVER_DNS_SENDS && !b; i++)
-            if (!d->dsend[i].used)
-                b = &d->dsend[i];
+        struct dns_send *b = d->dns_sends < DELIVER_DNS_SENDS
+                                 ? &d->dsend[d->dsend_free[DELIVER_DNS_SENDS - d->dns_sends - 1]]
+                                 : NULL;
         if (!b || d->dsock[fam].fd < 0 || io.wire.len > sizeof(b->wire)) {
             dns_udp_send_failed(d->dns, io.query, -ENOBUFS, mono_ms(d));
             continue;
         }
+        RM_ASSERT(!b->used);
         b->used = true;
         b->query = io.query;
         memcpy(b->wire, io.wire.p, io.wire.len);
@@ -1640,6 +1645,8 @@ int deliver_new(struct deliver **out, const struct deliver_ctx *ctx, char *err, 
     }
     for (uint32_t i = 0; i < d->nconns; i++) /* the stack's top is free_slots[nconns-1] */
         d->free_slots[i] = d->nconns - 1 - i;
+    for (unsigned i = 0; i < DELIVER_DNS_SENDS; i++) /* likewise for the DNS send buffers */
+        d->dsend_free[i] = (uint16_t)(DELIVER_DNS_SENDS - 1 - i);
     if (dns_setup(d, err, err_len) != 0)
         goto fail;
     *out = d;
@@ -1785,8 +1792,10 @@ void deliver_cqe(struct deliver *d, uint64_t ud, int res, uint32_t flags)
     }
     case UD_DNS_SEND: {
         struct dns_send *b = &d->dsend[i];
+        RM_ASSERT(b->used);
         b->used = false;
         d->dns_sends--;
+        d->dsend_free[DELIVER_DNS_SENDS - d->dns_sends - 1] = (uint16_t)(b - d->dsend);
         if (res < 0)
             dns_udp_send_failed(d->dns, b->query, res, mono_ms(d));
         dns_pump(d);

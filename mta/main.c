@@ -192,14 +192,20 @@ static void print_stats(struct q *q, const struct worker_shared *sh)
              (double)qs.commit_ns_max / 1e6);
 }
 
+/* The signals the main thread takes with sigtimedwait (blocked everywhere). */
+static void daemon_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
 /* Waits for signals until every worker has finished. Returns the exit code. */
 static int signal_loop(struct worker **w, unsigned nw, struct worker_shared *sh)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
+    daemon_signals(&set);
     int phase = WORKER_RUN, rc = 0;
     struct timespec drain_start = {0, 0};
     for (;;) {
@@ -309,10 +315,7 @@ static int run_daemon(struct cfg *cfg)
     }
     /* Signals are taken by the main thread only (sigtimedwait). */
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
+    daemon_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
