@@ -222,7 +222,7 @@ static uint64_t slot_ud(struct worker *w, struct slot *s, enum ud_kind k)
 
 static void slot_recv(struct worker *w, struct slot *s)
 {
-    if (s->recv_on || s->closing || s->peer_gone || s->rx_eof)
+    if (s->recv_on || s->closing || s->peer_gone || s->rx_eof || s->close_on)
         return;
     /* Only here, with no recv pending, may rx's bytes move (rm_buf_recv_prep). */
     if (rm_buf_recv_prep(&s->rx) == 0)
@@ -237,7 +237,9 @@ static void slot_recv(struct worker *w, struct slot *s)
 
 static void slot_send(struct worker *w, struct slot *s)
 {
-    if (s->send_on || s->peer_gone || rm_buf_len(&s->tx) == 0)
+    /* Once the close is submitted no operation may name the slot: its
+     * completion frees it (a 421 queued by a drain after that is dropped). */
+    if (s->send_on || s->peer_gone || s->close_on || rm_buf_len(&s->tx) == 0)
         return;
     struct io_uring_sqe *sqe = sqe_get(w);
     io_uring_prep_send(sqe, s->fd, rm_buf_rptr(&s->tx), rm_buf_len(&s->tx), MSG_NOSIGNAL);
@@ -723,7 +725,7 @@ static void drain_begin(struct worker *w)
     }
     for (uint32_t i = 0; i < w->nslots; i++) {
         struct slot *s = &w->slots[i];
-        if (s->used) {
+        if (s->used && !s->close_on) {
             smtpd_drain(&s->sess);
             slot_pump(w, s);
         }

@@ -75,6 +75,29 @@ class RxBuffer(unittest.TestCase):
         self.assertTrue(r.closed())
 
 
+class DrainWhileClosing(unittest.TestCase):
+    """SIGTERM while half-closed sessions were closing: the drain queued a 421
+    and sent it on a slot whose close was already submitted, so the close
+    completed with an operation still in flight (assertion, exit -6)."""
+
+    def test_sigterm_during_half_closes_exits_cleanly(self):
+        for _ in range(5):
+            d = Daemon()
+            self.addCleanup(d.cleanup)
+            d.start()
+            socks = []
+            for _ in range(60):
+                r = Raw(d.port)
+                r.reply()
+                socks.append(r)
+            for r in socks:
+                r.s.shutdown(socket.SHUT_WR)  # EOF: the server closes these
+            d.signal(signal.SIGTERM)
+            self.assertEqual(d.wait(30), 0, d.diag())
+            for r in socks:
+                r.close()
+
+
 class Refusals(unittest.TestCase):
     """A linked close was cancelled when the 421 send failed: the fd leaked."""
 
